@@ -1,0 +1,40 @@
+//! Evidence sources: where a party gets its CCA attestation token.
+//!
+//! One trait, [`EvidenceSource`], with two implementations today:
+//! * [`ConfigfsTsm`] — a real Linux realm (`/sys/kernel/config/tsm/report`);
+//! * [`danger::InsecureEmulatedPlatform`] — tests and laptops only. It signs
+//!   real-format tokens with a platform key from a file, so anyone holding that
+//!   file can forge evidence. It lives under `danger` and is never a default.
+//!
+//! Must never: pick the emulated platform on its own, or log a line about the
+//! emulated platform without the word INSECURE.
+
+mod emulated;
+mod error;
+mod tsm;
+
+pub use error::PlatformError;
+pub use tsm::ConfigfsTsm;
+
+use crate::cca::Challenge;
+
+/// Implementation id (claim 2396) of every token the emulated platform signs.
+/// Verifiers use it to say INSECURE loudly; policies must name it to admit it.
+pub const INSECURE_EMULATED_IMPLEMENTATION_ID: [u8; 32] = *b"INSECURE-EMULATED-CCA-PLATFORM-1";
+
+/// Dangerous evidence sources, named so that every use is greppable.
+pub mod danger {
+    pub use super::emulated::{InsecureEmulatedPlatform, generate_platform_key_pem};
+}
+
+pub use emulated::measure_file;
+
+/// Something that can produce a CCA attestation token for a challenge.
+pub trait EvidenceSource: Send + Sync + std::fmt::Debug {
+    /// A one-line description for logs ("configfs-tsm at ...").
+    fn describe(&self) -> String;
+    /// True only for sources whose evidence anyone could forge.
+    fn is_insecure(&self) -> bool;
+    /// A token whose realm challenge (claim 10) is `challenge`.
+    fn attestation_token(&self, challenge: &Challenge) -> Result<Vec<u8>, PlatformError>;
+}
