@@ -184,9 +184,10 @@ impl Cursor<'_> {
             6 => self.item(depth + 1),
             _ => match info {
                 // false, true, null, undefined; half/single/double floats.
-                20..=27 => Ok(()),
-                // Simple values 0..=19 are unassigned; 24 with a value < 32 is
-                // not well-formed. Neither has a place in a token.
+                20..=23 | 25..=27 => Ok(()),
+                // Simple values 0..=19 are unassigned, and the two-byte form
+                // (24) is either not well-formed (< 32) or unassigned. None
+                // has a place in a token.
                 _ => Err(CborError::Malformed { offset }),
             },
         }
@@ -194,11 +195,18 @@ impl Cursor<'_> {
 }
 
 /// Reject any map (at any depth) that holds the same key twice.
+///
+/// Keys are compared by their preferred (re-)encoding in a hash set, so the
+/// check is linear in the map size and `10` equals a non-preferred `10`.
 fn reject_duplicate_keys(value: &Value) -> Result<(), CborError> {
     match value {
         Value::Map(entries) => {
-            for (i, (key, v)) in entries.iter().enumerate() {
-                if entries[..i].iter().any(|(k, _)| k == key) {
+            let mut seen = std::collections::HashSet::with_capacity(entries.len());
+            for (key, v) in entries {
+                let mut encoded = Vec::new();
+                ciborium::ser::into_writer(key, &mut encoded)
+                    .map_err(|e| CborError::Decode(e.to_string()))?;
+                if !seen.insert(encoded) {
                     return Err(CborError::DuplicateKey {
                         key: describe_key(key),
                     });
@@ -310,11 +318,35 @@ mod tests {
     fn rejects_reserved_heads_and_truncation() {
         assert_eq!(decode(&[0x1c]), Err(CborError::Malformed { offset: 0 }));
         assert_eq!(decode(&[0xe0]), Err(CborError::Malformed { offset: 0 }));
+        // Two-byte simple values: < 32 is not well-formed, >= 32 unassigned.
+        assert_eq!(
+            decode(&[0xf8, 0x14]),
+            Err(CborError::Malformed { offset: 0 })
+        );
+        assert_eq!(
+            decode(&[0xf8, 0x20]),
+            Err(CborError::Malformed { offset: 0 })
+        );
         assert_eq!(
             decode(&[0x19, 0x01]),
             Err(CborError::Truncated { offset: 0 })
         );
         assert_eq!(decode(&[]), Err(CborError::Truncated { offset: 0 }));
+    }
+
+    #[test]
+    fn duplicate_check_is_fast_on_wide_maps() {
+        // 16,000 distinct keys: quadratic comparison took ~0.1 s here; the
+        // hash set makes it linear. Asserts the outcome, not the time.
+        let n = 16_000usize;
+        let mut v = vec![0xb9, (n >> 8) as u8, n as u8];
+        for i in 0..n {
+            v.extend([0x19, (i >> 8) as u8, i as u8, 0x00]);
+        }
+        assert!(decode(&v).is_ok());
+        v.extend([0x19, 0, 5, 0]);
+        v[1..3].copy_from_slice(&((n + 1) as u16).to_be_bytes());
+        assert!(matches!(decode(&v), Err(CborError::DuplicateKey { .. })));
     }
 
     #[test]
