@@ -11,4 +11,5 @@
 //! never panic on bytes from outside the process.
 
 pub mod cca;
+pub mod certifier;
 pub mod platform;

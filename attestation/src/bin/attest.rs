@@ -34,6 +34,8 @@ Examples:
   attest emulate --platform-key cpak.key.pem --challenge $(head -c64 /dev/urandom | xxd -p -c64) \\
       --out token.cbor
   attest measure ./target/release/realm-runtime
+  attest certifier decode --message signed_claim_message \
+      attestation/testdata/certifier/signed_claim_1_policy_says_measurement.signed_claim_message.bin
 
 Exit status: 0 success, 1 the token was rejected, 2 usage or I/O error.";
 
@@ -74,6 +76,22 @@ enum Command {
     },
     /// Walk through the evidence layer on bundled and emulated tokens.
     Demo,
+    /// Certifier Framework messages.
+    #[command(subcommand)]
+    Certifier(CertifierCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertifierCommand {
+    /// Print a serialized certifier.proto message as JSON (proto field names,
+    /// bytes as lowercase hex) with "reencodes_identically".
+    Decode {
+        /// Message type, e.g. signed_claim_message, key_message, vse_clause.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(attestation::certifier::json::MESSAGE_NAMES))]
+        message: String,
+        /// The serialized message.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +286,14 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo(),
+        Command::Certifier(CertifierCommand::Decode { message, file }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let json = attestation::certifier::json::decode_to_json(&message, &bytes)
+                .with_context(|| format!("decoding {} as {message}", file.display()))?;
+            print_json(&json)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,0 +1,308 @@
+//! Policy certificates and admission certificates (X.509).
+//!
+//! Following the framework: the policy certificate is self-signed with
+//! subject `CN=policyAuthority, O=root`; an admission certificate is signed
+//! by the policy key, issuer = the policy subject, subject
+//! `CN=CertifierUsers, O=Measured-<hex measurement>`, for the party's auth
+//! key, with EKU clientAuth + serverAuth and CA:false. Beyond the framework:
+//! the role and the measurement are carried in their own extensions (so peers
+//! need not parse the O field), an INSECURE marker when the evidence came
+//! from the emulated platform, and a short validity (hours, not 365 days) so
+//! that revocation takes effect quickly.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::signature::{self, UnparsedPublicKey};
+use thiserror::Error;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::decide::Admitted;
+use super::keys::PublicKey;
+use super::policy::Role;
+
+/// Object identifiers of our extensions, under an arc of 2.25 (ITU-T X.667,
+/// UUID-based OIDs) whose number was drawn at random for this project. It is
+/// 63 bits rather than a full 128-bit UUID because rcgen takes `u64` arcs.
+pub mod oid {
+    /// Root arc.
+    pub const ARC: &[u64] = &[2, 25, 4719792614282834779];
+    /// Role (UTF8String).
+    pub const ROLE: &[u64] = &[2, 25, 4719792614282834779, 1];
+    /// Measurement (OCTET STRING).
+    pub const MEASUREMENT: &[u64] = &[2, 25, 4719792614282834779, 2];
+    /// INSECURE emulated platform marker (BOOLEAN TRUE).
+    pub const INSECURE_PLATFORM: &[u64] = &[2, 25, 4719792614282834779, 3];
+}
+
+fn oid_string(arcs: &[u64]) -> String {
+    arcs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Subject common name of the policy certificate.
+pub const POLICY_CN: &str = "policyAuthority";
+/// Subject organisation of the policy certificate.
+pub const POLICY_O: &str = "root";
+
+/// Certificate errors.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// rcgen refused.
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+    /// Not a certificate.
+    #[error("malformed certificate: {0}")]
+    Malformed(String),
+    /// The issuer signature does not verify with the policy key.
+    #[error("certificate is not signed by the policy key")]
+    BadSignature,
+    /// Outside its validity period.
+    #[error("certificate is not valid at this time")]
+    Expired,
+    /// An extension we need is absent or malformed.
+    #[error("certificate lacks a valid {0} extension")]
+    MissingExtension(&'static str),
+}
+
+fn gen_err(e: rcgen::Error) -> CertError {
+    CertError::Generate(e.to_string())
+}
+
+fn policy_dn() -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, POLICY_CN);
+    dn.push(DnType::OrganizationName, POLICY_O);
+    dn
+}
+
+fn time_from_unix(t: i64) -> Result<time::OffsetDateTime, CertError> {
+    time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| CertError::Generate(e.to_string()))
+}
+
+fn random_serial() -> SerialNumber {
+    let mut s = [0u8; 16];
+    // A failure of the system RNG leaves zeros; the serial is not a secret.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s);
+    s[0] &= 0x7f;
+    s[0] |= 0x01;
+    SerialNumber::from_slice(&s)
+}
+
+/// Self-signed policy certificate (DER) for the PKCS#8 policy key.
+pub fn policy_certificate(
+    policy_key_pkcs8: &[u8],
+    now: i64,
+    years: i64,
+) -> Result<Vec<u8>, CertError> {
+    let key = KeyPair::try_from(policy_key_pkcs8).map_err(gen_err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = policy_dn();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = time_from_unix(now - 60)?;
+    params.not_after = time_from_unix(now + years * 365 * 86_400)?;
+    params.serial_number = Some(random_serial());
+    Ok(params.self_signed(&key).map_err(gen_err)?.der().to_vec())
+}
+
+/// The party's EC auth key, as rcgen wants subject keys.
+struct SubjectKey {
+    point: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl rcgen::PublicKeyData for SubjectKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    if content.len() < 0x80 {
+        out.push(content.len() as u8);
+    } else {
+        let len = content.len().to_be_bytes();
+        let bytes: Vec<u8> = len.iter().copied().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// Issue an admission certificate for `admitted`, valid from `now` for
+/// `validity_secs`, signed by the PKCS#8 policy key. `peer_ip` becomes a SAN
+/// as in the framework.
+pub fn issue_admission_certificate(
+    policy_key_pkcs8: &[u8],
+    admitted: &Admitted,
+    now: i64,
+    validity_secs: i64,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<Vec<u8>, CertError> {
+    let issuer_key = KeyPair::try_from(policy_key_pkcs8).map_err(gen_err)?;
+    let mut issuer_params = CertificateParams::default();
+    issuer_params.distinguished_name = policy_dn();
+    let issuer = Issuer::new(issuer_params, issuer_key);
+
+    let subject = match &admitted.auth_key {
+        PublicKey::P256(p) => SubjectKey {
+            point: p.clone(),
+            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+        },
+        PublicKey::P384(p) => SubjectKey {
+            point: p.clone(),
+            alg: &rcgen::PKCS_ECDSA_P384_SHA384,
+        },
+        PublicKey::Rsa { .. } => return Err(CertError::Generate("auth keys must be EC".into())),
+    };
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "CertifierUsers");
+    dn.push(
+        DnType::OrganizationName,
+        format!("Measured-{}", hex::encode(&admitted.measurement)),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    params.not_before = time_from_unix(now - 60)?;
+    params.not_after = time_from_unix(now + validity_secs)?;
+    params.serial_number = Some(random_serial());
+    if let Some(ip) = peer_ip {
+        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+    }
+    params.custom_extensions = vec![
+        CustomExtension::from_oid_content(
+            oid::ROLE,
+            der_tlv(0x0c, admitted.role.as_str().as_bytes()),
+        ),
+        CustomExtension::from_oid_content(oid::MEASUREMENT, der_tlv(0x04, &admitted.measurement)),
+    ];
+    if admitted.insecure_platform {
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                oid::INSECURE_PLATFORM,
+                vec![0x01, 0x01, 0xff],
+            ));
+    }
+    Ok(params
+        .signed_by(&subject, &issuer)
+        .map_err(gen_err)?
+        .der()
+        .to_vec())
+}
+
+/// What a verified admission certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionClaims {
+    /// Role granted.
+    pub role: Role,
+    /// Realm measurement.
+    pub measurement: Vec<u8>,
+    /// Evidence came from the INSECURE emulated platform.
+    pub insecure_platform: bool,
+    /// The certified auth key.
+    pub auth_key: PublicKey,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Check an admission certificate's signature (by `policy_key`) and validity
+/// at `now`, and read its claims.
+pub fn verify_admission_certificate(
+    der: &[u8],
+    policy_key: &PublicKey,
+    now: i64,
+) -> Result<AdmissionClaims, CertError> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertError::Malformed("trailing bytes".into()));
+    }
+    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
+    let tbs = cert.tbs_certificate.as_ref();
+    let sig = cert.signature_value.data.as_ref();
+    let ok = match (policy_key, sig_oid.as_str()) {
+        (PublicKey::P256(p), "1.2.840.10045.4.3.2") => {
+            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, p)
+                .verify(tbs, sig)
+                .is_ok()
+        }
+        (PublicKey::P384(p), "1.2.840.10045.4.3.3") => {
+            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_ASN1, p)
+                .verify(tbs, sig)
+                .is_ok()
+        }
+        (PublicKey::Rsa { n, e }, "1.2.840.113549.1.1.11") => {
+            signature::RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, tbs, sig)
+                .is_ok()
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(CertError::BadSignature);
+    }
+    let validity = cert.validity();
+    if now < validity.not_before.timestamp() || now > validity.not_after.timestamp() {
+        return Err(CertError::Expired);
+    }
+    let ext = |arcs: &[u64]| {
+        let want = oid_string(arcs);
+        cert.extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == want)
+            .map(|e| e.value)
+    };
+    let role_der = ext(oid::ROLE).ok_or(CertError::MissingExtension("role"))?;
+    let role = match role_der {
+        [0x0c, len, rest @ ..] if usize::from(*len) == rest.len() => std::str::from_utf8(rest)
+            .ok()
+            .and_then(|s| Role::new(s).ok()),
+        _ => None,
+    }
+    .ok_or(CertError::MissingExtension("role"))?;
+    let m_der = ext(oid::MEASUREMENT).ok_or(CertError::MissingExtension("measurement"))?;
+    let measurement = match m_der {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() => rest.to_vec(),
+        _ => return Err(CertError::MissingExtension("measurement")),
+    };
+    let insecure_platform = ext(oid::INSECURE_PLATFORM).is_some();
+    let spki = cert.public_key();
+    let point = spki.subject_public_key.data.to_vec();
+    let auth_key = match point.len() {
+        65 => PublicKey::P256(point),
+        97 => PublicKey::P384(point),
+        _ => {
+            return Err(CertError::Malformed(
+                "subject key is not P-256 or P-384".into(),
+            ));
+        }
+    };
+    Ok(AdmissionClaims {
+        role,
+        measurement,
+        insecure_platform,
+        auth_key,
+        not_after: validity.not_after.timestamp(),
+    })
+}

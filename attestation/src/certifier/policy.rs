@@ -1,0 +1,282 @@
+//! The admission policy: which platforms may vouch for realms, which realm
+//! measurements are trusted for which role, and which are revoked.
+//!
+//! On disk and on the wire it is a framework `signed_claim_sequence`: every
+//! entry is a claim "policyKey says X" signed by the policy key, so the
+//! framework's own tools can read it. Our extensions ride in fields the
+//! framework already signs:
+//!
+//! | statement X | `claim_descriptor` | meaning |
+//! |---|---|---|
+//! | `Measurement[m] is-trusted` | `role:<name>` | RIM m is admitted, only for that role (extension: roles) |
+//! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;sw-components=any`) | this CCA platform key may vouch for realms |
+//! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component` | firmware reference value (extension) |
+//! | `Measurement[m] is-revoked` | `revoked:<reason>` | never admit m again (extension) |
+//!
+//! A policy is loaded whole or not at all: one claim that fails to verify
+//! with the policy key rejects the policy (as the framework does).
+
+use std::fmt;
+
+use thiserror::Error;
+
+use super::claims::{ClaimError, VerifiedClaim, verify_claim};
+use super::clause::{entity_key, entity_measurement, verb};
+use super::keys::PublicKey;
+use super::proto::{SignedClaimSequence, VseClause};
+
+/// A role a measurement can be trusted for: `runtime`, `device`, `provider`,
+/// or a custom name (lowercase letters, digits, `-`, 1–32 characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Role(String);
+
+impl Role {
+    /// The cloud inference and aggregation runtime.
+    pub fn runtime() -> Self {
+        Role("runtime".into())
+    }
+    /// A device agent in a phone realm.
+    pub fn device() -> Self {
+        Role("device".into())
+    }
+    /// A model provider.
+    pub fn provider() -> Self {
+        Role("provider".into())
+    }
+    /// Validate a role name.
+    pub fn new(name: &str) -> Result<Self, PolicyError> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Role(name.to_string()))
+        } else {
+            Err(PolicyError::BadRole(name.to_string()))
+        }
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Descriptor prefixes and flags.
+pub mod descriptor {
+    /// `role:<name>` on "M is-trusted".
+    pub const ROLE_PREFIX: &str = "role:";
+    /// On "CPAK is-trusted-for-attestation".
+    pub const CCA_PLATFORM: &str = "cca-platform";
+    /// Flag: the platform is the INSECURE emulated one.
+    pub const INSECURE_EMULATED: &str = "insecure-emulated";
+    /// Flag: do not appraise firmware components (explicit skip).
+    pub const SW_COMPONENTS_ANY: &str = "sw-components=any";
+    /// On "C is-trusted-platform-component".
+    pub const CCA_PLATFORM_COMPONENT: &str = "cca-platform-component";
+    /// `revoked:<reason>` on "M is-revoked".
+    pub const REVOKED_PREFIX: &str = "revoked:";
+}
+
+/// Problems with a policy itself.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A claim failed verification.
+    #[error("policy claim {index}: {source}")]
+    Claim {
+        /// Position in the sequence.
+        index: usize,
+        /// Why.
+        #[source]
+        source: ClaimError,
+    },
+    /// A claim is signed by some key other than the policy key.
+    #[error("policy claim {0} is not signed by the policy key")]
+    WrongSigner(usize),
+    /// A claim is not "policyKey says X" or X is not a statement we know.
+    #[error("policy claim {index} is not a statement this service understands: {detail}")]
+    Unrecognised {
+        /// Position.
+        index: usize,
+        /// What.
+        detail: String,
+    },
+    /// An invalid role name.
+    #[error("invalid role name {0:?}: use 1-32 lowercase letters, digits or '-'")]
+    BadRole(String),
+}
+
+/// A CCA platform key the policy trusts.
+#[derive(Debug, Clone)]
+pub struct TrustedPlatform {
+    /// The CPAK.
+    pub cpak: PublicKey,
+    /// The INSECURE emulated platform (anyone with its key file can forge evidence).
+    pub insecure_emulated: bool,
+    /// Firmware components are not appraised for this platform.
+    pub skip_sw_components: bool,
+    /// The signed statement "policyKey says CPAK is-trusted-for-attestation".
+    pub statement: VseClause,
+}
+
+/// A measurement trusted for a role.
+#[derive(Debug, Clone)]
+pub struct TrustedMeasurement {
+    /// The RIM.
+    pub measurement: Vec<u8>,
+    /// The role it is trusted for.
+    pub role: Role,
+    /// The signed statement "policyKey says M is-trusted".
+    pub statement: VseClause,
+}
+
+/// A revoked measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The RIM.
+    pub measurement: Vec<u8>,
+    /// Why.
+    pub reason: String,
+}
+
+/// A loaded, verified policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    policy_key: PublicKey,
+    platforms: Vec<TrustedPlatform>,
+    measurements: Vec<TrustedMeasurement>,
+    platform_components: Vec<Vec<u8>>,
+    revoked: Vec<Revocation>,
+}
+
+impl Policy {
+    /// Verify every claim with the policy key and index the statements.
+    pub fn load(
+        seq: &SignedClaimSequence,
+        policy_key: &PublicKey,
+        now: i64,
+    ) -> Result<Self, PolicyError> {
+        let mut p = Policy {
+            policy_key: policy_key.clone(),
+            platforms: Vec::new(),
+            measurements: Vec::new(),
+            platform_components: Vec::new(),
+            revoked: Vec::new(),
+        };
+        for (index, scm) in seq.claims.iter().enumerate() {
+            let vc =
+                verify_claim(scm, now).map_err(|source| PolicyError::Claim { index, source })?;
+            if &vc.signer != policy_key {
+                return Err(PolicyError::WrongSigner(index));
+            }
+            p.add(index, vc)?;
+        }
+        Ok(p)
+    }
+
+    fn add(&mut self, index: usize, vc: VerifiedClaim) -> Result<(), PolicyError> {
+        let unrecognised = |detail: &str| PolicyError::Unrecognised {
+            index,
+            detail: detail.into(),
+        };
+        let says_subject = vc.clause.subject.as_ref().and_then(entity_key);
+        if vc.clause.verb.as_deref() != Some(verb::SAYS)
+            || says_subject.as_ref() != Some(&self.policy_key)
+        {
+            return Err(unrecognised("not of the form 'policyKey says X'"));
+        }
+        let inner = vc
+            .clause
+            .clause
+            .as_deref()
+            .ok_or_else(|| unrecognised("'says' without a clause"))?;
+        let subject = inner
+            .subject
+            .as_ref()
+            .ok_or_else(|| unrecognised("no subject"))?;
+        let mut flags = vc.descriptor.split(';');
+        let head = flags.next().unwrap_or_default();
+        let flags: Vec<&str> = flags.collect();
+        match (
+            inner.verb.as_deref().unwrap_or_default(),
+            inner.object.is_none() && inner.clause.is_none(),
+        ) {
+            (verb::IS_TRUSTED, true) => {
+                let m = entity_measurement(subject)
+                    .ok_or_else(|| unrecognised("is-trusted subject is not a measurement"))?;
+                let role = head.strip_prefix(descriptor::ROLE_PREFIX).ok_or_else(|| {
+                    unrecognised("trusted measurement without a role:<name> descriptor")
+                })?;
+                self.measurements.push(TrustedMeasurement {
+                    measurement: m.to_vec(),
+                    role: Role::new(role)?,
+                    statement: vc.clause.clone(),
+                });
+            }
+            (verb::IS_TRUSTED_FOR_ATTESTATION, true) if head == descriptor::CCA_PLATFORM => {
+                let cpak = entity_key(subject)
+                    .ok_or_else(|| unrecognised("platform subject is not a key"))?;
+                self.platforms.push(TrustedPlatform {
+                    cpak,
+                    insecure_emulated: flags.contains(&descriptor::INSECURE_EMULATED),
+                    skip_sw_components: flags.contains(&descriptor::SW_COMPONENTS_ANY),
+                    statement: vc.clause.clone(),
+                });
+            }
+            (verb::IS_TRUSTED_PLATFORM_COMPONENT, true) => {
+                let m = entity_measurement(subject)
+                    .ok_or_else(|| unrecognised("component is not a measurement"))?;
+                self.platform_components.push(m.to_vec());
+            }
+            (verb::IS_REVOKED, true) => {
+                let m = entity_measurement(subject)
+                    .ok_or_else(|| unrecognised("revoked subject is not a measurement"))?;
+                let reason = head
+                    .strip_prefix(descriptor::REVOKED_PREFIX)
+                    .unwrap_or(head);
+                self.revoked.push(Revocation {
+                    measurement: m.to_vec(),
+                    reason: reason.to_string(),
+                });
+            }
+            (other, _) => return Err(unrecognised(&format!("verb {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// The key every claim is signed with.
+    pub fn policy_key(&self) -> &PublicKey {
+        &self.policy_key
+    }
+    /// Trusted platform keys.
+    pub fn platforms(&self) -> &[TrustedPlatform] {
+        &self.platforms
+    }
+    /// Trusted measurements with their roles.
+    pub fn measurements(&self) -> &[TrustedMeasurement] {
+        &self.measurements
+    }
+    /// Firmware reference values.
+    pub fn platform_components(&self) -> &[Vec<u8>] {
+        &self.platform_components
+    }
+    /// Revoked measurements.
+    pub fn revocations(&self) -> &[Revocation] {
+        &self.revoked
+    }
+    /// Whether `m` is revoked, and why.
+    pub fn revocation(&self, m: &[u8]) -> Option<&Revocation> {
+        self.revoked.iter().find(|r| r.measurement == m)
+    }
+    /// Is any platform in this policy the INSECURE emulated one?
+    pub fn is_insecure(&self) -> bool {
+        self.platforms.iter().any(|p| p.insecure_emulated)
+    }
+}

@@ -1,0 +1,540 @@
+//! Claims, proof rules, policy and the admission decision, without sockets.
+//! The framework's own signed claims and keys (testdata/certifier) are the
+//! golden vectors for signing and verification.
+
+use attestation::cca::Curve;
+use attestation::certifier::admission::{
+    CertError, issue_admission_certificate, verify_admission_certificate,
+};
+use attestation::certifier::claims::{ClaimError, parse_time, sign_claim, verify_claim};
+use attestation::certifier::clause::{
+    key_entity, measurement_entity, same_clause, says, simple, unary, verb,
+};
+use attestation::certifier::decide::{Refusal, admission_challenge, decide};
+use attestation::certifier::keys::{PublicKey, SigningKey};
+use attestation::certifier::policy::{Policy, PolicyError, Role, descriptor};
+use attestation::certifier::proof::{ProofError, ProofStep, check_step, verify_proof};
+use attestation::certifier::proto::{
+    ClaimMessage, KeyMessage, SignedClaimMessage, SignedClaimSequence, VseClause, decode_bounded,
+};
+use attestation::platform::EvidenceSource;
+use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
+use prost::Message;
+
+fn testdata(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/certifier")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn signed_claim_1() -> SignedClaimMessage {
+    decode_bounded(&testdata(
+        "signed_claim_1_policy_says_measurement.signed_claim_message.bin",
+    ))
+    .unwrap()
+}
+
+fn at(s: &str) -> i64 {
+    parse_time(s).unwrap()
+}
+
+#[test]
+fn framework_signed_claims_verify_inside_their_window_only() {
+    let sc = signed_claim_1();
+    let v = verify_claim(&sc, at("2023-01-01T00:00:00Z")).unwrap();
+    assert_eq!(v.clause.verb.as_deref(), Some("says"));
+    let inner = v.clause.clause.as_deref().unwrap();
+    let ts1: VseClause =
+        decode_bounded(&testdata("ts1_measurement_is_trusted.vse_clause.bin")).unwrap();
+    assert!(same_clause(inner, &ts1), "signed_claim_1 says ts1");
+    assert!(matches!(
+        verify_claim(&sc, at("2024-01-01T00:00:00Z")),
+        Err(ClaimError::Expired { .. })
+    ));
+    assert!(matches!(
+        verify_claim(&sc, at("2022-01-01T00:00:00Z")),
+        Err(ClaimError::Expired { .. })
+    ));
+
+    let endorsement: SignedClaimMessage = decode_bounded(&testdata(
+        "platform_attest_endorsement_2025.signed_claim_message.bin",
+    ))
+    .unwrap();
+    let v = verify_claim(&endorsement, at("2025-12-01T00:00:00Z")).unwrap();
+    assert_eq!(
+        v.clause.clause.as_deref().unwrap().verb.as_deref(),
+        Some(verb::IS_TRUSTED_FOR_ATTESTATION)
+    );
+}
+
+#[test]
+fn any_change_to_the_signed_bytes_breaks_the_signature() {
+    let sc = signed_claim_1();
+    let bytes = sc.serialized_claim_message.clone().unwrap();
+    for i in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        let mut t = sc.clone();
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        t.serialized_claim_message = Some(b);
+        assert!(
+            matches!(
+                verify_claim(&t, at("2023-01-01T00:00:00Z")),
+                Err(ClaimError::BadSignature { .. })
+            ),
+            "byte {i}"
+        );
+    }
+    // An algorithm the key does not use is no escape hatch.
+    let mut t = sc.clone();
+    t.signing_algorithm = Some("ecc-384-sha384-pkcs-sign".into());
+    assert!(matches!(
+        verify_claim(&t, at("2023-01-01T00:00:00Z")),
+        Err(ClaimError::BadSignature { .. })
+    ));
+}
+
+#[test]
+fn rsa_signing_with_the_framework_policy_key_reproduces_its_signature() {
+    // policy_key_file_2022 carries only n, e, d: the primes are recovered.
+    let key_msg: KeyMessage =
+        decode_bounded(&testdata("policy_key_file_2022.key_message.bin")).unwrap();
+    let key = SigningKey::from_rsa_key_message(&key_msg).unwrap();
+    let sc = signed_claim_1();
+    assert_eq!(
+        PublicKey::from_key_message(sc.signing_key.as_ref().unwrap()).unwrap(),
+        key.public_key()
+    );
+    let sig = key
+        .sign(sc.serialized_claim_message.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(Some(sig), sc.signature, "PKCS#1 v1.5 is deterministic");
+
+    // A key file with all CRT parameters signs claims that verify.
+    let attest: KeyMessage =
+        decode_bounded(&testdata("attest_key_file_2025.key_message.bin")).unwrap();
+    let key = SigningKey::from_rsa_key_message(&attest).unwrap();
+    let clause = unary(measurement_entity(&[1; 32]), verb::IS_TRUSTED);
+    let now = 1_800_000_000;
+    let signed = sign_claim(&key, "attestKey", &clause, "", now - 1, now + 1).unwrap();
+    assert_eq!(
+        signed.signing_algorithm.as_deref(),
+        Some("rsa-2048-sha256-pkcs-sign")
+    );
+    assert!(same_clause(
+        &verify_claim(&signed, now).unwrap().clause,
+        &clause
+    ));
+}
+
+#[test]
+fn ecdsa_p256_and_p384_claims_round_trip() {
+    let rng = ring::rand::SystemRandom::new();
+    let p384 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let keys = [
+        SigningKey::generate_p256().unwrap().0,
+        SigningKey::from_pkcs8(p384.as_ref()).unwrap(),
+    ];
+    let now = 1_800_000_000;
+    for key in &keys {
+        let clause = says(
+            key_entity(&key.public_key(), "k"),
+            unary(measurement_entity(&[9; 64]), verb::IS_TRUSTED),
+        );
+        let signed = sign_claim(key, "k", &clause, "role:runtime", now - 10, now + 10).unwrap();
+        let v = verify_claim(&signed, now).unwrap();
+        assert_eq!(v.descriptor, "role:runtime");
+        assert_eq!(v.signer, key.public_key());
+        // The claim's own window is enforced.
+        assert!(matches!(
+            verify_claim(&signed, now + 11),
+            Err(ClaimError::Expired { .. })
+        ));
+        // Claim format other than vse-clause is refused even when signed.
+        let mut cm: ClaimMessage =
+            decode_bounded(signed.serialized_claim_message.as_deref().unwrap()).unwrap();
+        cm.claim_format = Some("vse-attestation-report".into());
+        let bytes = cm.encode_to_vec();
+        let other = SignedClaimMessage {
+            signature: Some(key.sign(&bytes).unwrap()),
+            serialized_claim_message: Some(bytes),
+            ..signed.clone()
+        };
+        assert!(matches!(
+            verify_claim(&other, now),
+            Err(ClaimError::Format(_))
+        ));
+    }
+}
+
+fn fresh_key() -> PublicKey {
+    SigningKey::generate_p256().unwrap().0.public_key()
+}
+
+#[test]
+fn proof_rules_hold_and_fail_where_the_framework_says() {
+    let (pk, k1, k2) = (
+        key_entity(&fresh_key(), "policy"),
+        key_entity(&fresh_key(), "k1"),
+        key_entity(&fresh_key(), "k2"),
+    );
+    let m = measurement_entity(&[5; 32]);
+    let trusted = |e: &_| unary(Clone::clone(e), verb::IS_TRUSTED);
+    let step = |s1: &VseClause, s2: &VseClause, rule, c: &VseClause| ProofStep {
+        s1: s1.clone(),
+        s2: s2.clone(),
+        rule,
+        conclusion: c.clone(),
+    };
+    // R3: K is-trusted, K says X ⊢ X; not for a narrower verb.
+    let x = trusted(&m);
+    assert!(check_step(&step(
+        &trusted(&pk),
+        &says(pk.clone(), x.clone()),
+        3,
+        &x
+    )));
+    let pk_att = unary(pk.clone(), verb::IS_TRUSTED_FOR_ATTESTATION);
+    assert!(!check_step(&step(
+        &pk_att,
+        &says(pk.clone(), x.clone()),
+        3,
+        &x
+    )));
+    // R3 with the wrong speaker.
+    assert!(!check_step(&step(
+        &trusted(&pk),
+        &says(k1.clone(), x.clone()),
+        3,
+        &x
+    )));
+
+    // R5: trust flows only to an equal or narrower verb.
+    let k1_att = unary(k1.clone(), verb::IS_TRUSTED_FOR_ATTESTATION);
+    assert!(check_step(&step(
+        &trusted(&pk),
+        &says(pk.clone(), k1_att.clone()),
+        5,
+        &k1_att
+    )));
+    let k2_trusted = trusted(&k2);
+    assert!(!check_step(&step(
+        &k1_att,
+        &says(k1.clone(), k2_trusted.clone()),
+        5,
+        &k2_trusted
+    )));
+
+    // R6: an attestation key vouches for speaks-for; an authentication key cannot.
+    let sf = simple(k2.clone(), verb::SPEAKS_FOR, m.clone());
+    assert!(check_step(&step(
+        &k1_att,
+        &says(k1.clone(), sf.clone()),
+        6,
+        &sf
+    )));
+    let k1_auth = unary(k1.clone(), verb::IS_TRUSTED_FOR_AUTHENTICATION);
+    assert!(!check_step(&step(
+        &k1_auth,
+        &says(k1.clone(), sf.clone()),
+        6,
+        &sf
+    )));
+
+    // R1 / R7 / R11 need the same measurement.
+    let goal = unary(k2.clone(), verb::IS_TRUSTED_FOR_AUTHENTICATION);
+    assert!(check_step(&step(&trusted(&m), &sf, 1, &goal)));
+    let other_m = measurement_entity(&[6; 32]);
+    assert!(!check_step(&step(&trusted(&other_m), &sf, 1, &goal)));
+    assert!(check_step(&step(
+        &trusted(&m),
+        &sf,
+        7,
+        &unary(k2.clone(), verb::IS_TRUSTED_FOR_ATTESTATION)
+    )));
+    assert!(check_step(&step(
+        &trusted(&m),
+        &sf,
+        11,
+        &unary(k2.clone(), verb::IS_TRUSTED_FOR_KEY_PROVISION)
+    )));
+    assert!(
+        !check_step(&step(&trusted(&m), &sf, 7, &goal)),
+        "R7 does not conclude authentication"
+    );
+    // R2 and R4 are stubs in the framework: never valid.
+    assert!(!check_step(&step(&trusted(&m), &sf, 2, &goal)));
+    assert!(!check_step(&step(&trusted(&m), &sf, 4, &goal)));
+
+    // verify_proof: unproved premises are skipped, a bad proved step aborts.
+    let steps = [step(&trusted(&m), &sf, 1, &goal)];
+    assert_eq!(
+        verify_proof(&goal, &[trusted(&m)], &steps),
+        Err(ProofError::GoalNotReached)
+    );
+    assert_eq!(
+        verify_proof(&goal, &[trusted(&m), sf.clone()], &steps),
+        Ok(())
+    );
+    let bad = [step(&trusted(&m), &sf, 7, &goal)];
+    assert_eq!(
+        verify_proof(&goal, &[trusted(&m), sf], &bad),
+        Err(ProofError::InvalidStep { index: 0, rule: 7 })
+    );
+}
+
+/// A policy built in memory, signed by a fresh P-256 policy key.
+struct Fixture {
+    policy_key: SigningKey,
+    pkcs8: Vec<u8>,
+    claims: Vec<SignedClaimMessage>,
+    platform: InsecureEmulatedPlatform,
+    cpak: PublicKey,
+    now: i64,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let (policy_key, pkcs8) = SigningKey::generate_p256().unwrap();
+        let (pem, public) = generate_platform_key_pem(Curve::P384).unwrap();
+        let der = pem::parse(pem).unwrap().contents().to_vec();
+        let platform = InsecureEmulatedPlatform::from_pkcs8(&der).unwrap();
+        let cpak = PublicKey::P384(public.point().to_vec());
+        Fixture {
+            policy_key,
+            pkcs8,
+            claims: Vec::new(),
+            platform,
+            cpak,
+            now: 1_800_000_000,
+        }
+    }
+
+    fn add(&mut self, statement: VseClause, descriptor: &str) {
+        let pk = key_entity(&self.policy_key.public_key(), "policyKey");
+        let c = sign_claim(
+            &self.policy_key,
+            "policyKey",
+            &says(pk, statement),
+            descriptor,
+            self.now - 10,
+            self.now + 10,
+        )
+        .unwrap();
+        self.claims.push(c);
+    }
+
+    fn platform_entry(&mut self, flags: &str) {
+        let cpak = key_entity(&self.cpak, "platformKey");
+        self.add(unary(cpak, verb::IS_TRUSTED_FOR_ATTESTATION), flags);
+    }
+
+    fn policy(&self) -> Result<Policy, PolicyError> {
+        Policy::load(
+            &SignedClaimSequence {
+                claims: self.claims.clone(),
+            },
+            &self.policy_key.public_key(),
+            self.now,
+        )
+    }
+
+    fn evidence(&self, auth: &PublicKey) -> (Vec<u8>, Vec<u8>) {
+        let nonce = vec![3u8; 32];
+        let token = self
+            .platform
+            .attestation_token(&admission_challenge(&nonce, &auth.ec_spki_der().unwrap()))
+            .unwrap();
+        (nonce, token)
+    }
+}
+
+#[test]
+fn decide_admits_the_trusted_role_and_explains_every_refusal() {
+    let mut f = Fixture::new();
+    let rim = f.platform.rim().as_bytes().to_vec();
+    let auth = fresh_key();
+    let (nonce, token) = f.evidence(&auth);
+
+    // No platform at all.
+    f.add(
+        unary(measurement_entity(&rim), verb::IS_TRUSTED),
+        "role:device",
+    );
+    let r = decide(&f.policy().unwrap(), &token, &nonce, &auth, &Role::device());
+    assert_eq!(r, Err(Refusal::UntrustedPlatform));
+
+    // The emulated key trusted as if it were a real platform: refused.
+    let mut f2 = Fixture::new();
+    let rim2 = f2.platform.rim().as_bytes().to_vec();
+    let (nonce2, token2) = f2.evidence(&auth);
+    f2.platform_entry(&format!(
+        "{};{}",
+        descriptor::CCA_PLATFORM,
+        descriptor::SW_COMPONENTS_ANY
+    ));
+    f2.add(
+        unary(measurement_entity(&rim2), verb::IS_TRUSTED),
+        "role:device",
+    );
+    let r = decide(
+        &f2.policy().unwrap(),
+        &token2,
+        &nonce2,
+        &auth,
+        &Role::device(),
+    );
+    assert_eq!(r, Err(Refusal::EmulatedPlatformNotMarked));
+
+    // Marked insecure but firmware appraisal not skipped: components must match.
+    let mut f3 = Fixture::new();
+    let rim3 = f3.platform.rim().as_bytes().to_vec();
+    let (nonce3, token3) = f3.evidence(&auth);
+    f3.platform_entry(&format!(
+        "{};{}",
+        descriptor::CCA_PLATFORM,
+        descriptor::INSECURE_EMULATED
+    ));
+    f3.add(
+        unary(measurement_entity(&rim3), verb::IS_TRUSTED),
+        "role:device",
+    );
+    let r = decide(
+        &f3.policy().unwrap(),
+        &token3,
+        &nonce3,
+        &auth,
+        &Role::device(),
+    );
+    assert!(
+        matches!(r, Err(Refusal::PlatformComponentNotTrusted { .. })),
+        "{r:?}"
+    );
+    let parsed = attestation::cca::parse(&token3).unwrap();
+    let component = parsed.platform().claims().sw_components[0]
+        .measurement_value
+        .clone();
+    f3.add(
+        unary(
+            measurement_entity(&component),
+            verb::IS_TRUSTED_PLATFORM_COMPONENT,
+        ),
+        descriptor::CCA_PLATFORM_COMPONENT,
+    );
+    let admitted = decide(
+        &f3.policy().unwrap(),
+        &token3,
+        &nonce3,
+        &auth,
+        &Role::device(),
+    )
+    .unwrap();
+    assert_eq!(admitted.measurement, rim3);
+    assert!(admitted.insecure_platform);
+
+    // Wrong role, other nonce, other auth key, revoked.
+    let p = f3.policy().unwrap();
+    assert!(matches!(
+        decide(&p, &token3, &nonce3, &auth, &Role::runtime()),
+        Err(Refusal::WrongRole { .. })
+    ));
+    assert_eq!(
+        decide(&p, &token3, &[4u8; 32], &auth, &Role::device()).map_err(|e| e.code()),
+        Err("realm-challenge")
+    );
+    assert_eq!(
+        decide(&p, &token3, &nonce3, &fresh_key(), &Role::device()).map_err(|e| e.code()),
+        Err("realm-challenge")
+    );
+    f3.add(
+        unary(measurement_entity(&rim3), verb::IS_REVOKED),
+        "revoked:test",
+    );
+    let r = decide(
+        &f3.policy().unwrap(),
+        &token3,
+        &nonce3,
+        &auth,
+        &Role::device(),
+    );
+    assert!(
+        matches!(r, Err(Refusal::Revoked { ref reason, .. }) if reason == "test"),
+        "{r:?}"
+    );
+
+    // Admission certificate: verifies with the policy key only, within its life.
+    let cert = issue_admission_certificate(&f3.pkcs8, &admitted, f3.now, 3600, None).unwrap();
+    let claims =
+        verify_admission_certificate(&cert, &f3.policy_key.public_key(), f3.now + 10).unwrap();
+    assert_eq!(claims.role, Role::device());
+    assert_eq!(claims.measurement, rim3);
+    assert_eq!(claims.auth_key, auth);
+    assert!(claims.insecure_platform);
+    assert_eq!(
+        verify_admission_certificate(&cert, &fresh_key(), f3.now),
+        Err(CertError::BadSignature)
+    );
+    assert_eq!(
+        verify_admission_certificate(&cert, &f3.policy_key.public_key(), f3.now + 3700),
+        Err(CertError::Expired)
+    );
+    let parsed = x509_parser::parse_x509_certificate(&cert).unwrap().1;
+    assert_eq!(
+        parsed.subject().to_string(),
+        format!("CN=CertifierUsers, O=Measured-{}", hex::encode(&rim3))
+    );
+    assert_eq!(parsed.issuer().to_string(), "CN=policyAuthority, O=root");
+}
+
+#[test]
+fn a_policy_is_rejected_whole_if_any_claim_is_not_the_policy_keys() {
+    let mut f = Fixture::new();
+    f.add(
+        unary(measurement_entity(&[1; 32]), verb::IS_TRUSTED),
+        "role:runtime",
+    );
+    assert!(f.policy().is_ok());
+    // A claim signed by another key slipped in.
+    let other = SigningKey::generate_p256().unwrap().0;
+    let stmt = says(
+        key_entity(&other.public_key(), "x"),
+        unary(measurement_entity(&[2; 32]), verb::IS_TRUSTED),
+    );
+    f.claims
+        .push(sign_claim(&other, "x", &stmt, "role:runtime", f.now - 1, f.now + 1).unwrap());
+    assert_eq!(f.policy().unwrap_err(), PolicyError::WrongSigner(1));
+    f.claims.pop();
+    // A trusted measurement without a role, or a verb we do not know.
+    f.add(unary(measurement_entity(&[3; 32]), verb::IS_TRUSTED), "");
+    assert!(matches!(
+        f.policy(),
+        Err(PolicyError::Unrecognised { index: 1, .. })
+    ));
+    f.claims.pop();
+    f.add(unary(measurement_entity(&[3; 32]), "is-fabulous"), "");
+    assert!(matches!(
+        f.policy(),
+        Err(PolicyError::Unrecognised { index: 1, .. })
+    ));
+    f.claims.pop();
+    // A tampered signature.
+    let mut bad = f.claims[0].clone();
+    if let Some(s) = bad.signature.as_mut() {
+        let last = s.len() - 1;
+        s[last] ^= 1;
+    }
+    f.claims[0] = bad;
+    assert!(matches!(
+        f.policy(),
+        Err(PolicyError::Claim { index: 0, .. })
+    ));
+    assert!(Role::new("Bad Role").is_err());
+    assert!(Role::new(&"a".repeat(33)).is_err());
+    assert_eq!(Role::new("analytics-2").unwrap().as_str(), "analytics-2");
+}

@@ -1,0 +1,355 @@
+//! One request in, one response out. No sockets here: the server feeds frames
+//! in, so tests (and the server) drive the whole decision path directly.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use attestation::certifier::admission::issue_admission_certificate;
+use attestation::certifier::decide::{Refusal, decide};
+use attestation::certifier::keys::PublicKey;
+use attestation::certifier::nonce::{NonceError, NonceStore};
+use attestation::certifier::policy::{Policy, Role};
+use attestation::certifier::proto::{
+    AttestationUserData, TrustRequestMessage, TrustResponseMessage, decode_bounded,
+};
+use attestation::certifier::protocol::*;
+use tracing::{info, warn};
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::store::ServiceDir;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Admission certificate lifetime.
+    pub cert_validity_secs: i64,
+    /// Nonce lifetime.
+    pub nonce_ttl_secs: i64,
+    /// Outstanding nonces at most.
+    pub nonce_capacity: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cert_validity_secs: 8 * 3600,
+            nonce_ttl_secs: 60,
+            nonce_capacity: 10_000,
+        }
+    }
+}
+
+/// The service state.
+#[derive(Debug)]
+pub struct Service {
+    dir: ServiceDir,
+    policy_key_pkcs8: Vec<u8>,
+    policy: Mutex<(Option<SystemTime>, Arc<Policy>)>,
+    nonces: Mutex<NonceStore>,
+    audit: Mutex<AuditLog>,
+    settings: Settings,
+}
+
+/// A refusal on the wire: `<code>: <reason>`.
+struct Failure {
+    code: String,
+    reason: String,
+}
+
+impl Failure {
+    fn new(code: &str, reason: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Failure::new(r.code(), r.to_string())
+    }
+}
+
+impl From<NonceError> for Failure {
+    fn from(e: NonceError) -> Self {
+        let code = match e {
+            NonceError::Unknown => "nonce-unknown",
+            NonceError::Expired => "nonce-expired",
+            NonceError::Replayed => "nonce-replayed",
+            _ => "busy",
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+/// The facts of an authentication request, pulled out of the evidence package.
+struct Request {
+    nonce: Vec<u8>,
+    auth_key: PublicKey,
+    role: Role,
+    token: Vec<u8>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a lock must not take the service down with it;
+    // every guarded value stays consistent between statements.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Service {
+    /// Load the directory's policy and key, open the audit log.
+    pub fn open(dir: ServiceDir, settings: Settings, now: i64) -> anyhow::Result<Self> {
+        let policy = dir.policy(now)?;
+        if policy.is_insecure() {
+            warn!(
+                "INSECURE: this policy trusts the emulated CCA platform; its evidence can be forged"
+            );
+        }
+        let (audit, cut) = AuditLog::open(&dir.path("audit.log"))?;
+        if cut > 0 {
+            warn!(
+                bytes = cut,
+                "audit log ended in a torn line (earlier crash); removed it"
+            );
+        }
+        Ok(Self {
+            policy_key_pkcs8: dir.policy_key_pkcs8()?,
+            policy: Mutex::new((dir.policy_mtime(), Arc::new(policy))),
+            nonces: Mutex::new(NonceStore::new(
+                settings.nonce_ttl_secs,
+                settings.nonce_capacity,
+            )),
+            audit: Mutex::new(audit),
+            dir,
+            settings,
+        })
+    }
+
+    /// The current policy, reloaded if `policy.bin` changed on disk. A policy
+    /// that fails to verify is not adopted; the previous one stays in force.
+    pub fn current_policy(&self, now: i64) -> Arc<Policy> {
+        let mut guard = lock(&self.policy);
+        let mtime = self.dir.policy_mtime();
+        if mtime != guard.0 {
+            match self.dir.policy(now) {
+                Ok(p) => {
+                    info!(measurements = p.measurements().len(), "policy reloaded");
+                    *guard = (mtime, Arc::new(p));
+                }
+                Err(e) => warn!(
+                    "policy.bin changed but does not verify; keeping the previous policy: {e:#}"
+                ),
+            }
+        }
+        guard.1.clone()
+    }
+
+    /// Handle one request frame.
+    pub fn handle(&self, frame: &[u8], peer: SocketAddr, now: i64) -> TrustResponseMessage {
+        let request: TrustRequestMessage = match decode_bounded(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%peer, "malformed request: {e}");
+                return failed(
+                    None,
+                    Failure::new(
+                        "malformed-request",
+                        format!("not a trust_request_message: {e}"),
+                    ),
+                );
+            }
+        };
+        let echo = Some((
+            request.requesting_enclave_tag.clone(),
+            request.providing_enclave_tag.clone(),
+        ));
+        let evidence_type = request
+            .submitted_evidence_type
+            .as_deref()
+            .unwrap_or_default();
+        if evidence_type != EVIDENCE_TYPE_CCA {
+            return failed(
+                echo,
+                Failure::new(
+                    "unsupported-evidence-type",
+                    format!(
+                        "evidence type {evidence_type:?} is not accepted; this service takes {EVIDENCE_TYPE_CCA:?}"
+                    ),
+                ),
+            );
+        }
+        match request.purpose.as_deref() {
+            Some(PURPOSE_NONCE) => match lock(&self.nonces).issue(now) {
+                Ok(nonce) => succeeded(echo, nonce.to_vec()),
+                Err(e) => failed(echo, e.into()),
+            },
+            Some(PURPOSE_AUTHENTICATION) => {
+                let (result, record) = self.authenticate(&request, peer, now);
+                if let Err(e) = lock(&self.audit).append(&record) {
+                    warn!("{e:#}");
+                }
+                match result {
+                    Ok(cert) => succeeded(echo, cert),
+                    Err(f) => failed(echo, f),
+                }
+            }
+            other => failed(
+                echo,
+                Failure::new(
+                    "unsupported-purpose",
+                    format!("purpose {other:?}; use \"nonce\" or \"authentication\""),
+                ),
+            ),
+        }
+    }
+
+    fn authenticate(
+        &self,
+        request: &TrustRequestMessage,
+        peer: SocketAddr,
+        now: i64,
+    ) -> (Result<Vec<u8>, Failure>, AuditRecord) {
+        let mut record = AuditRecord {
+            time: now,
+            peer: peer.to_string(),
+            role: String::new(),
+            measurement: String::new(),
+            platform: String::new(),
+            verdict: "refuse",
+            code: String::new(),
+            reason: String::new(),
+            insecure: false,
+        };
+        let result = self.authenticate_inner(request, peer, now, &mut record);
+        match &result {
+            Ok(_) => {
+                record.verdict = "admit";
+                record.code = "admitted".into();
+                info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, "admitted");
+            }
+            Err(f) => {
+                record.code = f.code.clone();
+                record.reason = f.reason.clone();
+                info!(%peer, role = %record.role, code = %f.code, "refused: {}", f.reason);
+            }
+        }
+        (result, record)
+    }
+
+    fn authenticate_inner(
+        &self,
+        request: &TrustRequestMessage,
+        peer: SocketAddr,
+        now: i64,
+        record: &mut AuditRecord,
+    ) -> Result<Vec<u8>, Failure> {
+        let facts = extract(request)?;
+        record.role = facts.role.to_string();
+        // What the token claims, for the audit trail (verified below).
+        if let Ok(t) = attestation::cca::parse(&facts.token) {
+            record.measurement = t.realm().claims().rim.to_hex();
+            record.platform = hex::encode(t.platform().claims().instance_id);
+        }
+        // The nonce is spent by any attempt, so a refused token cannot be retried with it.
+        lock(&self.nonces).consume(&facts.nonce, now)?;
+        let policy = self.current_policy(now);
+        let admitted = decide(
+            &policy,
+            &facts.token,
+            &facts.nonce,
+            &facts.auth_key,
+            &facts.role,
+        )?;
+        record.insecure = admitted.insecure_platform;
+        issue_admission_certificate(
+            &self.policy_key_pkcs8,
+            &admitted,
+            now,
+            self.settings.cert_validity_secs,
+            Some(peer.ip()),
+        )
+        .map_err(|e| Failure::new("internal", e.to_string()))
+    }
+}
+
+fn extract(request: &TrustRequestMessage) -> Result<Request, Failure> {
+    let bad = |why: &str| Failure::new("malformed-evidence", why.to_string());
+    let package = request
+        .support
+        .as_ref()
+        .ok_or_else(|| bad("no evidence package"))?;
+    let (mut nonce, mut user_data, mut role, mut token) = (None, None, None, None);
+    for fact in &package.fact_assertion {
+        let slot = match fact.evidence_type.as_deref() {
+            Some(FACT_NONCE) => &mut nonce,
+            Some(FACT_USER_DATA) => &mut user_data,
+            Some(FACT_ROLE) => &mut role,
+            Some(FACT_CCA_TOKEN) => &mut token,
+            other => return Err(bad(&format!("unexpected evidence entry {other:?}"))),
+        };
+        if slot.is_some() {
+            return Err(bad("an evidence entry appears twice"));
+        }
+        *slot = Some(fact.serialized_evidence.clone().unwrap_or_default());
+    }
+    let (Some(nonce), Some(user_data), Some(role), Some(token)) = (nonce, user_data, role, token)
+    else {
+        return Err(bad(
+            "the package needs cca-nonce, attestation-user-data, requested-role and cca-token",
+        ));
+    };
+    let user_data: AttestationUserData = decode_bounded(&user_data)
+        .map_err(|_| bad("attestation-user-data is not an attestation_user_data"))?;
+    let key = user_data
+        .enclave_key
+        .as_ref()
+        .ok_or_else(|| bad("attestation_user_data has no enclave_key"))?;
+    let auth_key =
+        PublicKey::from_key_message(key).map_err(|e| bad(&format!("enclave_key: {e}")))?;
+    let role = std::str::from_utf8(&role)
+        .ok()
+        .and_then(|r| Role::new(r).ok())
+        .ok_or_else(|| bad("invalid role"))?;
+    Ok(Request {
+        nonce,
+        auth_key,
+        role,
+        token,
+    })
+}
+
+fn response(
+    echo: Option<(Option<String>, Option<String>)>,
+    status: &str,
+    artifact: Vec<u8>,
+) -> TrustResponseMessage {
+    let (requesting_enclave_tag, providing_enclave_tag) = echo.unwrap_or_default();
+    TrustResponseMessage {
+        status: Some(status.into()),
+        requesting_enclave_tag,
+        providing_enclave_tag,
+        artifact: Some(artifact),
+    }
+}
+
+fn succeeded(
+    echo: Option<(Option<String>, Option<String>)>,
+    artifact: Vec<u8>,
+) -> TrustResponseMessage {
+    response(echo, STATUS_SUCCEEDED, artifact)
+}
+
+fn failed(echo: Option<(Option<String>, Option<String>)>, f: Failure) -> TrustResponseMessage {
+    response(
+        echo,
+        STATUS_FAILED,
+        format!("{}: {}", f.code, f.reason).into_bytes(),
+    )
+}
+
+/// A failure response for conditions found before a request was decoded.
+pub fn failed_frame(code: &str, reason: &str) -> TrustResponseMessage {
+    failed(None, Failure::new(code, reason))
+}

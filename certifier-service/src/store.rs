@@ -1,0 +1,254 @@
+//! The service directory: the only place this service keeps state.
+//!
+//! | file | what |
+//! |---|---|
+//! | `policy_key.pem` | the policy private key (PKCS#8, P-256), mode 0600 |
+//! | `policy_cert.der` | self-signed policy certificate (raw DER, as the framework stores it) |
+//! | `policy.bin` | the policy: a framework `signed_claim_sequence` |
+//! | `audit.log` | one JSON line per admission decision, append-only |
+//!
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
+//! crash leaves either the old or the new file, never half of one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use attestation::certifier::admission::policy_certificate;
+use attestation::certifier::claims::sign_claim;
+use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
+use attestation::certifier::keys::{PublicKey, SigningKey};
+use attestation::certifier::policy::{Policy, Role, descriptor};
+use attestation::certifier::proto::{SignedClaimSequence, decode_bounded};
+use prost::Message;
+
+/// How long policy statements stay valid (they are re-signed on every change).
+const POLICY_CLAIM_YEARS: i64 = 5;
+
+/// An opened service directory.
+#[derive(Debug)]
+pub struct ServiceDir {
+    dir: PathBuf,
+}
+
+impl ServiceDir {
+    /// Open an existing service directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let d = Self {
+            dir: dir.to_path_buf(),
+        };
+        for f in ["policy_key.pem", "policy_cert.der", "policy.bin"] {
+            if !d.path(f).exists() {
+                bail!(
+                    "{} is not a certifier-service directory ({} missing); create one with `certifier-service init --dir {}`",
+                    dir.display(),
+                    f,
+                    dir.display()
+                );
+            }
+        }
+        Ok(d)
+    }
+
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Create a new directory with a fresh policy key, certificate and policy.
+    /// With `insecure_platform`, that CCA platform key (the emulated one) is
+    /// trusted, marked INSECURE, with firmware appraisal skipped.
+    pub fn init(dir: &Path, insecure_platform: Option<PublicKey>, now: i64) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = Self {
+            dir: dir.to_path_buf(),
+        };
+        if d.path("policy_key.pem").exists() {
+            bail!(
+                "{} already holds a policy key; refusing to overwrite it",
+                dir.display()
+            );
+        }
+        let (_, pkcs8) = SigningKey::generate_p256().context("generating the policy key")?;
+        let pem = pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", pkcs8.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(d.path("policy_key.pem"))
+            .context("creating policy_key.pem")?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()?;
+        let cert = policy_certificate(&pkcs8, now, 10).context("making the policy certificate")?;
+        write_atomic(&d.path("policy_cert.der"), &cert)?;
+        write_atomic(
+            &d.path("policy.bin"),
+            &SignedClaimSequence::default().encode_to_vec(),
+        )?;
+        if let Some(cpak) = insecure_platform {
+            let flags = format!(
+                "{};{};{}",
+                descriptor::CCA_PLATFORM,
+                descriptor::INSECURE_EMULATED,
+                descriptor::SW_COMPONENTS_ANY
+            );
+            d.add_statement(
+                unary(
+                    key_entity(&cpak, "platformKey"),
+                    verb::IS_TRUSTED_FOR_ATTESTATION,
+                ),
+                &flags,
+                now,
+            )?;
+        }
+        Ok(d)
+    }
+
+    /// The policy private key (PKCS#8 DER).
+    pub fn policy_key_pkcs8(&self) -> Result<Vec<u8>> {
+        let text =
+            fs::read_to_string(self.path("policy_key.pem")).context("reading policy_key.pem")?;
+        let block = pem::parse(&text).context("policy_key.pem is not PEM")?;
+        Ok(block.contents().to_vec())
+    }
+
+    /// The policy signing key.
+    pub fn signing_key(&self) -> Result<SigningKey> {
+        SigningKey::from_pkcs8(&self.policy_key_pkcs8()?).context("loading the policy key")
+    }
+
+    /// The raw policy (signed claims).
+    pub fn policy_sequence(&self) -> Result<SignedClaimSequence> {
+        let bytes = fs::read(self.path("policy.bin")).context("reading policy.bin")?;
+        decode_bounded(&bytes).context("policy.bin is not a signed_claim_sequence")
+    }
+
+    /// Load and verify the policy.
+    pub fn policy(&self, now: i64) -> Result<Policy> {
+        let key = self.signing_key()?.public_key();
+        Policy::load(&self.policy_sequence()?, &key, now).context("the policy does not verify")
+    }
+
+    /// Sign "policyKey says `statement`" and append it to the policy.
+    pub fn add_statement(
+        &self,
+        statement: attestation::certifier::proto::VseClause,
+        descriptor: &str,
+        now: i64,
+    ) -> Result<()> {
+        let key = self.signing_key()?;
+        let clause = says(key_entity(&key.public_key(), "policyKey"), statement);
+        let claim = sign_claim(
+            &key,
+            "policyKey",
+            &clause,
+            descriptor,
+            now - 60,
+            now + POLICY_CLAIM_YEARS * 365 * 86_400,
+        )
+        .context("signing the policy statement")?;
+        let mut seq = self.policy_sequence()?;
+        seq.claims.push(claim);
+        write_atomic(&self.path("policy.bin"), &seq.encode_to_vec())
+    }
+
+    /// Trust `measurement` for `role`. Refused for revoked measurements.
+    pub fn trust(&self, role: &Role, measurement: &[u8], now: i64) -> Result<bool> {
+        let policy = self.policy(now)?;
+        if let Some(r) = policy.revocation(measurement) {
+            bail!(
+                "measurement {} is revoked ({}); a revoked measurement cannot be trusted again",
+                hex::encode(measurement),
+                r.reason
+            );
+        }
+        if policy
+            .measurements()
+            .iter()
+            .any(|m| m.measurement == measurement && &m.role == role)
+        {
+            return Ok(false);
+        }
+        self.add_statement(
+            unary(measurement_entity(measurement), verb::IS_TRUSTED),
+            &format!("{}{}", descriptor::ROLE_PREFIX, role),
+            now,
+        )?;
+        Ok(true)
+    }
+
+    /// Revoke `measurement` for every role.
+    pub fn revoke(&self, measurement: &[u8], reason: &str, now: i64) -> Result<()> {
+        self.add_statement(
+            unary(measurement_entity(measurement), verb::IS_REVOKED),
+            &format!("{}{}", descriptor::REVOKED_PREFIX, reason),
+            now,
+        )
+    }
+
+    /// Trust a (real) CCA platform key, optionally without firmware appraisal.
+    pub fn trust_platform(
+        &self,
+        cpak: &PublicKey,
+        skip_sw_components: bool,
+        now: i64,
+    ) -> Result<()> {
+        let mut d = descriptor::CCA_PLATFORM.to_string();
+        if skip_sw_components {
+            d.push(';');
+            d.push_str(descriptor::SW_COMPONENTS_ANY);
+        }
+        self.add_statement(
+            unary(
+                key_entity(cpak, "platformKey"),
+                verb::IS_TRUSTED_FOR_ATTESTATION,
+            ),
+            &d,
+            now,
+        )
+    }
+
+    /// Add a firmware component reference value.
+    pub fn trust_component(&self, measurement: &[u8], now: i64) -> Result<()> {
+        self.add_statement(
+            unary(
+                measurement_entity(measurement),
+                verb::IS_TRUSTED_PLATFORM_COMPONENT,
+            ),
+            descriptor::CCA_PLATFORM_COMPONENT,
+            now,
+        )
+    }
+
+    /// Modification time of policy.bin (to notice edits while serving).
+    pub fn policy_mtime(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.path("policy.bin"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+}
+
+/// Replace `path` atomically with `bytes`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}

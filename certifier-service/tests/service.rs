@@ -1,0 +1,498 @@
+//! The certifier service as deployed: the real binary on an OS-chosen loopback
+//! port, a real policy directory, emulated (INSECURE) CCA evidence from the
+//! library's platform, and real clients. Every bad input gets its own
+//! rejection and the service keeps serving.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use attestation::cca::Curve;
+use attestation::certifier::admission::verify_admission_certificate;
+use attestation::certifier::client::{Client, ClientError, unix_now};
+use attestation::certifier::decide::admission_challenge;
+use attestation::certifier::keys::{PublicKey, SigningKey};
+use attestation::certifier::policy::Role;
+use attestation::certifier::proto::{TrustRequestMessage, TrustResponseMessage};
+use attestation::platform::EvidenceSource;
+use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
+use prost::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_certifier-service");
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(
+        line.contains("listening on"),
+        "unexpected first line {line:?}"
+    );
+    Server { child, addr }
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+struct World {
+    dir: PathBuf,
+    svc: PathBuf,
+    platform_key: PathBuf,
+}
+
+impl World {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("certsvc-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pem, _) = generate_platform_key_pem(Curve::P384).unwrap();
+        let platform_key = dir.join("platform.key.pem");
+        std::fs::write(&platform_key, pem).unwrap();
+        let svc = dir.join("svc");
+        let out = cli(&[
+            "init",
+            "--dir",
+            svc.to_str().unwrap(),
+            "--insecure-emulated-platform",
+            platform_key.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("INSECURE"));
+        World {
+            dir,
+            svc,
+            platform_key,
+        }
+    }
+
+    /// A "binary" for a party; its SHA-512 is the party's RIM.
+    fn binary(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    fn trust(&self, role: &str, binary: &Path) -> std::process::Output {
+        cli(&[
+            "policy",
+            "trust",
+            "--dir",
+            self.svc.to_str().unwrap(),
+            "--role",
+            role,
+            "--binary",
+            binary.to_str().unwrap(),
+        ])
+    }
+
+    fn party(&self, binary: &Path) -> InsecureEmulatedPlatform {
+        InsecureEmulatedPlatform::from_key_file(&self.platform_key)
+            .unwrap()
+            .measuring(binary)
+            .unwrap()
+    }
+
+    fn policy_key(&self) -> PublicKey {
+        let pem = std::fs::read_to_string(self.svc.join("policy_key.pem")).unwrap();
+        SigningKey::from_pkcs8(pem::parse(pem).unwrap().contents())
+            .unwrap()
+            .public_key()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn auth_key() -> PublicKey {
+    SigningKey::generate_p256().unwrap().0.public_key()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(s: &Server) -> Client {
+    Client::new(s.addr.clone(), Duration::from_secs(10))
+}
+
+fn refused_code(r: Result<Vec<u8>, ClientError>) -> (String, String) {
+    match r {
+        Err(ClientError::Refused { code, reason }) => (code, reason),
+        Err(e) => panic!("expected a refusal, got error {e}"),
+        Ok(_) => panic!("expected a refusal, got a certificate"),
+    }
+}
+
+#[test]
+fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
+    let w = World::new("roles");
+    let runtime_bin = w.binary("realm-runtime", "runtime v1");
+    let device_bin = w.binary("device-agent", "device v1");
+    let provider_bin = w.binary("model-provider", "provider v1");
+    for (role, bin) in [
+        ("runtime", &runtime_bin),
+        ("device", &device_bin),
+        ("provider", &provider_bin),
+    ] {
+        assert!(w.trust(role, bin).status.success());
+    }
+    let server = start(&w.svc, &[]);
+    let c = client(&server);
+    let rt = rt();
+    let policy_key = w.policy_key();
+
+    for (role, bin) in [
+        ("runtime", &runtime_bin),
+        ("device", &device_bin),
+        ("provider", &provider_bin),
+    ] {
+        let party = w.party(bin);
+        let key = auth_key();
+        let role = Role::new(role).unwrap();
+        let cert = rt
+            .block_on(c.admit(&party, &key, &role))
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+        let claims = verify_admission_certificate(&cert, &policy_key, unix_now()).unwrap();
+        assert_eq!(claims.role, role);
+        assert_eq!(claims.measurement, party.rim().as_bytes());
+        assert_eq!(claims.auth_key, key);
+        assert!(claims.insecure_platform);
+        assert!(
+            claims.not_after <= unix_now() + 8 * 3600 + 5,
+            "short validity"
+        );
+
+        // The same party asking for another role is refused, and told why.
+        let other = if role.as_str() == "runtime" {
+            Role::device()
+        } else {
+            Role::runtime()
+        };
+        let (code, reason) = refused_code(rt.block_on(c.admit(&party, &key, &other)));
+        assert_eq!(code, "measurement-wrong-role");
+        assert!(
+            reason.contains(&format!("is not trusted for role {other}")),
+            "{reason}"
+        );
+    }
+
+    // A rebuilt runtime has a new measurement: refused until trusted.
+    let rebuilt = w.binary("realm-runtime", "runtime v2");
+    let party = w.party(&rebuilt);
+    let (code, _) = refused_code(rt.block_on(c.admit(&party, &auth_key(), &Role::runtime())));
+    assert_eq!(code, "measurement-not-trusted");
+    assert!(w.trust("runtime", &rebuilt).status.success());
+    rt.block_on(c.admit(&party, &auth_key(), &Role::runtime()))
+        .expect("trusted after policy update");
+
+    // Revocation wins, and a revoked measurement cannot be trusted again.
+    let device = w.party(&device_bin);
+    let hexm = device.rim().to_hex();
+    let out = cli(&[
+        "policy",
+        "revoke",
+        "--dir",
+        w.svc.to_str().unwrap(),
+        "--measurement",
+        &hexm,
+        "--reason",
+        "CVE-2026-0001",
+    ]);
+    assert!(out.status.success());
+    let (code, reason) = refused_code(rt.block_on(c.admit(&device, &auth_key(), &Role::device())));
+    assert_eq!(code, "measurement-revoked");
+    assert!(reason.contains("CVE-2026-0001"));
+    let again = w.trust("device", &device_bin);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("revoked"));
+
+    // The audit log has one parseable line per decision.
+    drop(server);
+    let log = std::fs::read_to_string(w.svc.join("audit.log")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3 * 2 + 2 + 1);
+    assert_eq!(
+        records.iter().filter(|r| r["verdict"] == "admit").count(),
+        4
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["code"] == "measurement-revoked" && r["role"] == "device")
+    );
+}
+
+#[test]
+fn evidence_attacks_are_refused_for_the_right_reason() {
+    let w = World::new("attacks");
+    let bin = w.binary("realm-runtime", "runtime");
+    assert!(w.trust("runtime", &bin).status.success());
+    let server = start(&w.svc, &[]);
+    let c = client(&server);
+    let rt = rt();
+    let party = w.party(&bin);
+    let role = Role::runtime();
+    let key = auth_key();
+    let spki = key.ec_spki_der().unwrap();
+
+    // A token made for another nonce.
+    let n1 = rt.block_on(c.nonce()).unwrap();
+    let n2 = rt.block_on(c.nonce()).unwrap();
+    let token = party
+        .attestation_token(&admission_challenge(&n1, &spki))
+        .unwrap();
+    let (code, _) = refused_code(rt.block_on(c.present(&n2, token.clone(), &key, &role)));
+    assert_eq!(code, "realm-challenge");
+
+    // The right token, but with n1 replayed after a successful use.
+    rt.block_on(c.present(&n1, token.clone(), &key, &role))
+        .expect("fresh nonce, right token");
+    let (code, _) = refused_code(rt.block_on(c.present(&n1, token.clone(), &key, &role)));
+    assert_eq!(code, "nonce-replayed");
+
+    // A nonce the service never issued.
+    let (code, _) = refused_code(rt.block_on(c.present(&[7u8; 32], token, &key, &role)));
+    assert_eq!(code, "nonce-unknown");
+
+    // A token bound to a different auth key than the one presented.
+    let n = rt.block_on(c.nonce()).unwrap();
+    let token = party
+        .attestation_token(&admission_challenge(&n, &spki))
+        .unwrap();
+    let (code, _) = refused_code(rt.block_on(c.present(&n, token, &auth_key(), &role)));
+    assert_eq!(code, "realm-challenge");
+
+    // A platform key the policy does not trust.
+    let other_key = w.dir.join("other.key.pem");
+    std::fs::write(
+        &other_key,
+        generate_platform_key_pem(Curve::P384).unwrap().0,
+    )
+    .unwrap();
+    let stranger = InsecureEmulatedPlatform::from_key_file(&other_key)
+        .unwrap()
+        .measuring(&bin)
+        .unwrap();
+    let (code, _) = refused_code(rt.block_on(c.admit(&stranger, &key, &role)));
+    assert_eq!(code, "untrusted-platform");
+
+    // A tampered token (one flipped bit in the realm signature).
+    let n = rt.block_on(c.nonce()).unwrap();
+    let mut token = party
+        .attestation_token(&admission_challenge(&n, &spki))
+        .unwrap();
+    let last = token.len() - 1;
+    token[last] ^= 1;
+    let (code, _) = refused_code(rt.block_on(c.present(&n, token, &key, &role)));
+    assert_eq!(code, "realm-signature");
+
+    // Garbage where the token should be.
+    let n = rt.block_on(c.nonce()).unwrap();
+    let (code, _) =
+        refused_code(rt.block_on(c.present(&n, vec![0xd9, 0x01, 0x8f, 0xff], &key, &role)));
+    assert!(code.starts_with("cbor-"), "{code}");
+
+    // After all that, an honest party is still served.
+    rt.block_on(c.admit(&party, &key, &role))
+        .expect("service still serving");
+}
+
+#[test]
+fn expired_nonces_are_refused() {
+    let w = World::new("expiry");
+    let bin = w.binary("realm-runtime", "runtime");
+    assert!(w.trust("runtime", &bin).status.success());
+    let server = start(&w.svc, &["--nonce-ttl-secs", "1"]);
+    let c = client(&server);
+    let rt = rt();
+    let key = auth_key();
+    let n = rt.block_on(c.nonce()).unwrap();
+    let token = w
+        .party(&bin)
+        .attestation_token(&admission_challenge(&n, &key.ec_spki_der().unwrap()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, _) = refused_code(rt.block_on(c.present(&n, token, &key, &Role::runtime())));
+    assert_eq!(code, "nonce-expired");
+}
+
+fn raw_exchange(addr: &str, bytes: &[u8]) -> Option<TrustResponseMessage> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut buf).ok()?;
+    Some(TrustResponseMessage::decode(buf.as_slice()).unwrap())
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn failure_code(r: &TrustResponseMessage) -> String {
+    assert_eq!(r.status.as_deref(), Some("failed"));
+    let text = String::from_utf8(r.artifact.clone().unwrap()).unwrap();
+    text.split(": ").next().unwrap().to_string()
+}
+
+#[test]
+fn hostile_frames_get_clear_errors_and_the_service_keeps_serving() {
+    let w = World::new("frames");
+    let bin = w.binary("realm-runtime", "runtime");
+    assert!(w.trust("runtime", &bin).status.success());
+    let server = start(&w.svc, &[]);
+    let party = w.party(&bin);
+    let rt = rt();
+
+    // A client that stalls mid-frame holds a connection open throughout.
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled.write_all(&[100, 0]).unwrap();
+
+    // Oversized: 2 GiB announced.
+    let r = raw_exchange(&server.addr, &0x7fff_ffffu32.to_le_bytes()).expect("an answer");
+    assert_eq!(failure_code(&r), "frame-too-large");
+
+    // Garbage protobuf.
+    let r = raw_exchange(&server.addr, &frame(&[0xff; 10])).expect("an answer");
+    assert_eq!(failure_code(&r), "malformed-request");
+
+    // The framework's Islet path is not accepted.
+    let req = TrustRequestMessage {
+        submitted_evidence_type: Some("islet-evidence".into()),
+        purpose: Some("authentication".into()),
+        requesting_enclave_tag: Some("req".into()),
+        ..Default::default()
+    };
+    let r = raw_exchange(&server.addr, &frame(&req.encode_to_vec())).expect("an answer");
+    assert_eq!(failure_code(&r), "unsupported-evidence-type");
+    assert_eq!(
+        r.requesting_enclave_tag.as_deref(),
+        Some("req"),
+        "tags are echoed"
+    );
+
+    // An authentication request without evidence.
+    let req = TrustRequestMessage {
+        submitted_evidence_type: Some("cca-evidence".into()),
+        purpose: Some("authentication".into()),
+        ..Default::default()
+    };
+    let r = raw_exchange(&server.addr, &frame(&req.encode_to_vec())).expect("an answer");
+    assert_eq!(failure_code(&r), "malformed-evidence");
+
+    // Truncated: announce 100 bytes, send 10, close. No answer, no harm.
+    let mut t = TcpStream::connect(&server.addr).unwrap();
+    t.write_all(&frame(&[0u8; 100])[..14]).unwrap();
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+
+    // With the stalled client still connected, an honest party is admitted.
+    let c = client(&server);
+    rt.block_on(c.admit(&party, &auth_key(), &Role::runtime()))
+        .expect("served despite hostile peers");
+    drop(stalled);
+}
+
+#[test]
+fn cli_reports_what_to_do() {
+    let missing = std::env::temp_dir().join(format!("certsvc-none-{}", std::process::id()));
+    let out = cli(&["policy", "show", "--dir", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certifier-service init"));
+
+    let w = World::new("cli");
+    let out = cli(&[
+        "policy",
+        "trust",
+        "--dir",
+        w.svc.to_str().unwrap(),
+        "--role",
+        "Bad Role",
+        "--measurement",
+        &"00".repeat(32),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid role name"));
+    let out = cli(&[
+        "policy",
+        "trust",
+        "--dir",
+        w.svc.to_str().unwrap(),
+        "--role",
+        "runtime",
+        "--measurement",
+        "abcd",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&[
+        "policy",
+        "trust",
+        "--dir",
+        w.svc.to_str().unwrap(),
+        "--role",
+        "analytics",
+        "--measurement",
+        &"11".repeat(64),
+    ]);
+    assert!(out.status.success(), "custom role names work");
+    let out = cli(&["policy", "show", "--dir", w.svc.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["insecure"], true);
+    assert_eq!(json["measurements"][0]["role"], "analytics");
+    let out = cli(&["init", "--dir", w.svc.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "init never overwrites a policy key"
+    );
+}
