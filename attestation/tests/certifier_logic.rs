@@ -438,6 +438,43 @@ fn decide_admits_the_trusted_role_and_explains_every_refusal() {
     assert_eq!(admitted.measurement, rim3);
     assert!(admitted.insecure_platform);
 
+    // A personalization value pinned by the policy must match.
+    let mut f4 = Fixture::new();
+    let rim4 = f4.platform.rim().as_bytes().to_vec();
+    let (nonce4, token4) = f4.evidence(&auth);
+    f4.platform_entry(&format!(
+        "{};{};{}",
+        descriptor::CCA_PLATFORM,
+        descriptor::INSECURE_EMULATED,
+        descriptor::SW_COMPONENTS_ANY
+    ));
+    f4.add(
+        unary(measurement_entity(&rim4), verb::IS_TRUSTED),
+        &format!("role:device;rpv={}", "11".repeat(64)),
+    );
+    let r = decide(
+        &f4.policy().unwrap(),
+        &token4,
+        &nonce4,
+        &auth,
+        &Role::device(),
+    );
+    assert!(matches!(r, Err(Refusal::NotTrusted { .. })), "{r:?}");
+    f4.add(
+        unary(measurement_entity(&rim4), verb::IS_TRUSTED),
+        &format!("role:device;rpv={}", "00".repeat(64)),
+    );
+    assert!(
+        decide(
+            &f4.policy().unwrap(),
+            &token4,
+            &nonce4,
+            &auth,
+            &Role::device()
+        )
+        .is_ok()
+    );
+
     // Wrong role, other nonce, other auth key, revoked.
     let p = f3.policy().unwrap();
     assert!(matches!(

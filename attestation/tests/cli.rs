@@ -256,3 +256,38 @@ fn demo_runs_and_every_outcome_is_as_expected() {
     assert!(text.contains("7 of 7 outcomes as expected"), "{text}");
     assert!(text.contains("INSECURE"));
 }
+
+#[test]
+fn certifier_decode_prints_fields_and_reencoding_check() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/certifier/signed_claim_1_policy_says_measurement.signed_claim_message.bin");
+    let out = attest(&[
+        "certifier",
+        "decode",
+        "--message",
+        "signed_claim_message",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["reencodes_identically"], true);
+    assert_eq!(json["signing_algorithm"], "rsa-2048-sha256-pkcs-sign");
+    assert_eq!(json["signing_key"]["key_name"], "policyKey");
+
+    let out = attest(&[
+        "certifier",
+        "decode",
+        "--message",
+        "vse_clause",
+        file.to_str().unwrap(),
+    ]);
+    let wrong: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    // Either it fails to decode, or it decodes as something that does not re-encode identically.
+    assert!(
+        !out.status.success()
+            || wrong
+                .as_ref()
+                .is_some_and(|j| j["reencodes_identically"] == false),
+        "{wrong:?}"
+    );
+}

@@ -100,6 +100,9 @@ enum PolicyCommand {
         /// Measure this file the way the emulated platform does (SHA-512).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Also require this realm personalization value (64 bytes, hex).
+        #[arg(long)]
+        personalization: Option<String>,
     },
     /// Revoke a measurement for every role, permanently.
     Revoke {
@@ -220,6 +223,7 @@ fn run(command: Command) -> Result<()> {
             role,
             measurement,
             binary,
+            personalization,
         }) => {
             let role = Role::new(&role)?;
             let m = match (measurement, binary) {
@@ -229,7 +233,20 @@ fn run(command: Command) -> Result<()> {
                     .to_vec(),
                 (None, None) => bail!("give --measurement HEX or --binary PATH"),
             };
-            let added = ServiceDir::open(&dir)?.trust(&role, &m, now)?;
+            let rpv = match personalization {
+                Some(h) => {
+                    let b = hex::decode(h.trim()).context("--personalization is not hex")?;
+                    if b.len() != 64 {
+                        bail!(
+                            "--personalization must be 64 bytes (128 hex digits); got {}",
+                            b.len()
+                        );
+                    }
+                    Some(b)
+                }
+                None => None,
+            };
+            let added = ServiceDir::open(&dir)?.trust(&role, &m, rpv.as_deref(), now)?;
             let verb = if added {
                 "now trusted"
             } else {
@@ -316,6 +333,7 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
         "measurements": p.measurements().iter().map(|m| serde_json::json!({
             "measurement": hex::encode(&m.measurement),
             "role": m.role.as_str(),
+            "personalization-value": m.personalization_value.as_ref().map(hex::encode),
             "revoked": p.revocation(&m.measurement).is_some(),
         })).collect::<Vec<_>>(),
         "revoked": p.revocations().iter().map(|r| serde_json::json!({

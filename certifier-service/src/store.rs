@@ -157,8 +157,15 @@ impl ServiceDir {
         write_atomic(&self.path("policy.bin"), &seq.encode_to_vec())
     }
 
-    /// Trust `measurement` for `role`. Refused for revoked measurements.
-    pub fn trust(&self, role: &Role, measurement: &[u8], now: i64) -> Result<bool> {
+    /// Trust `measurement` for `role` (optionally only with personalization
+    /// value `rpv`). Refused for revoked measurements.
+    pub fn trust(
+        &self,
+        role: &Role,
+        measurement: &[u8],
+        rpv: Option<&[u8]>,
+        now: i64,
+    ) -> Result<bool> {
         let policy = self.policy(now)?;
         if let Some(r) = policy.revocation(measurement) {
             bail!(
@@ -167,16 +174,20 @@ impl ServiceDir {
                 r.reason
             );
         }
-        if policy
-            .measurements()
-            .iter()
-            .any(|m| m.measurement == measurement && &m.role == role)
-        {
+        if policy.measurements().iter().any(|m| {
+            m.measurement == measurement
+                && &m.role == role
+                && m.personalization_value.as_deref() == rpv
+        }) {
             return Ok(false);
+        }
+        let mut d = format!("{}{}", descriptor::ROLE_PREFIX, role);
+        if let Some(rpv) = rpv {
+            d.push_str(&format!(";{}{}", descriptor::RPV_PREFIX, hex::encode(rpv)));
         }
         self.add_statement(
             unary(measurement_entity(measurement), verb::IS_TRUSTED),
-            &format!("{}{}", descriptor::ROLE_PREFIX, role),
+            &d,
             now,
         )?;
         Ok(true)

@@ -10,7 +10,8 @@
 //! 3. firmware components match reference values, unless the platform entry
 //!    explicitly skips them;
 //! 4. the RIM is not revoked;
-//! 5. the RIM is trusted for the requested role;
+//! 5. the RIM (with the personalization value, where the policy pins one)
+//!    is trusted for the requested role;
 //! 6. the framework proof "authKey is-trusted-for-authentication" checks out
 //!    from the policy statements and the statements derived from the token.
 
@@ -195,10 +196,16 @@ pub fn decide(
             reason: r.reason.clone(),
         });
     }
+    let rpv = token.realm().personalization_value;
     let entries: Vec<&TrustedMeasurement> = policy
         .measurements()
         .iter()
         .filter(|m| m.measurement == rim)
+        .filter(|m| {
+            m.personalization_value
+                .as_ref()
+                .is_none_or(|p| p.as_slice() == rpv.as_slice())
+        })
         .collect();
     if entries.is_empty() {
         return Err(Refusal::NotTrusted {

@@ -8,7 +8,7 @@
 //!
 //! | statement X | `claim_descriptor` | meaning |
 //! |---|---|---|
-//! | `Measurement[m] is-trusted` | `role:<name>` | RIM m is admitted, only for that role (extension: roles) |
+//! | `Measurement[m] is-trusted` | `role:<name>` (+ `;rpv=<hex>`) | RIM m is admitted, only for that role (extension: roles), and only with that personalization value when one is given |
 //! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;sw-components=any`) | this CCA platform key may vouch for realms |
 //! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component` | firmware reference value (extension) |
 //! | `Measurement[m] is-revoked` | `revoked:<reason>` | never admit m again (extension) |
@@ -72,6 +72,8 @@ impl fmt::Display for Role {
 pub mod descriptor {
     /// `role:<name>` on "M is-trusted".
     pub const ROLE_PREFIX: &str = "role:";
+    /// Flag `rpv=<hex>` on "M is-trusted": the realm personalization value must match.
+    pub const RPV_PREFIX: &str = "rpv=";
     /// On "CPAK is-trusted-for-attestation".
     pub const CCA_PLATFORM: &str = "cca-platform";
     /// Flag: the platform is the INSECURE emulated one.
@@ -133,6 +135,8 @@ pub struct TrustedMeasurement {
     pub measurement: Vec<u8>,
     /// The role it is trusted for.
     pub role: Role,
+    /// When set, the realm personalization value must equal it.
+    pub personalization_value: Option<Vec<u8>>,
     /// The signed statement "policyKey says M is-trusted".
     pub statement: VseClause,
 }
@@ -214,9 +218,17 @@ impl Policy {
                 let role = head.strip_prefix(descriptor::ROLE_PREFIX).ok_or_else(|| {
                     unrecognised("trusted measurement without a role:<name> descriptor")
                 })?;
+                let personalization_value = match flags
+                    .iter()
+                    .find_map(|f| f.strip_prefix(descriptor::RPV_PREFIX))
+                {
+                    Some(h) => Some(hex::decode(h).map_err(|_| unrecognised("rpv= is not hex"))?),
+                    None => None,
+                };
                 self.measurements.push(TrustedMeasurement {
                     measurement: m.to_vec(),
                     role: Role::new(role)?,
+                    personalization_value,
                     statement: vc.clause.clone(),
                 });
             }
