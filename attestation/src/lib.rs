@@ -10,6 +10,7 @@
 //! [`cca::VerifiedCcaToken`], never choose an insecure platform by default, and
 //! never panic on bytes from outside the process.
 
+pub mod atls;
 pub mod cca;
 pub mod certifier;
 pub mod platform;

@@ -185,6 +185,13 @@ impl Service {
                 Ok(nonce) => succeeded(echo, nonce.to_vec()),
                 Err(e) => failed(echo, e.into()),
             },
+            Some(PURPOSE_POLICY) => match std::fs::read(self.dir.path("policy.bin")) {
+                Ok(bytes) => succeeded(echo, bytes),
+                Err(e) => failed(
+                    echo,
+                    Failure::new("internal", format!("policy unavailable: {e}")),
+                ),
+            },
             Some(PURPOSE_AUTHENTICATION) => {
                 let (result, record) = self.authenticate(&request, peer, now);
                 if let Err(e) = lock(&self.audit).append(&record) {
@@ -199,7 +206,7 @@ impl Service {
                 echo,
                 Failure::new(
                     "unsupported-purpose",
-                    format!("purpose {other:?}; use \"nonce\" or \"authentication\""),
+                    format!("purpose {other:?}; use \"nonce\", \"policy\" or \"authentication\""),
                 ),
             ),
         }

@@ -226,6 +226,14 @@ fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
     rt.block_on(c.admit(&party, &auth_key(), &Role::runtime()))
         .expect("trusted after policy update");
 
+    // Peers fetch the signed policy: it verifies with the policy key only.
+    let served = rt.block_on(c.policy(&policy_key)).unwrap();
+    assert!(served.measurements().len() >= 4);
+    assert!(
+        rt.block_on(c.policy(&auth_key())).is_err(),
+        "not signed by that key"
+    );
+
     // Revocation wins, and a revoked measurement cannot be trusted again.
     let device = w.party(&device_bin);
     let hexm = device.rim().to_hex();
@@ -246,6 +254,11 @@ fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
     let again = w.trust("device", &device_bin);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("revoked"));
+    let served = rt.block_on(c.policy(&policy_key)).unwrap();
+    assert!(
+        served.revocation(device.rim().as_bytes()).is_some(),
+        "peers see the revocation"
+    );
 
     // The audit log has one parseable line per decision.
     drop(server);

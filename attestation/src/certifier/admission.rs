@@ -211,6 +211,31 @@ pub fn issue_admission_certificate(
         .to_vec())
 }
 
+/// Is `cert` signed by `key`? (ECDSA P-256/SHA-256, P-384/SHA-384, RSA PKCS#1 SHA-256.)
+pub(crate) fn signed_by(cert: &X509Certificate<'_>, key: &PublicKey) -> bool {
+    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
+    let tbs = cert.tbs_certificate.as_ref();
+    let sig = cert.signature_value.data.as_ref();
+    match (key, sig_oid.as_str()) {
+        (PublicKey::P256(p), "1.2.840.10045.4.3.2") => {
+            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, p)
+                .verify(tbs, sig)
+                .is_ok()
+        }
+        (PublicKey::P384(p), "1.2.840.10045.4.3.3") => {
+            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_ASN1, p)
+                .verify(tbs, sig)
+                .is_ok()
+        }
+        (PublicKey::Rsa { n, e }, "1.2.840.113549.1.1.11") => {
+            signature::RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, tbs, sig)
+                .is_ok()
+        }
+        _ => false,
+    }
+}
+
 /// What a verified admission certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdmissionClaims {
@@ -238,28 +263,7 @@ pub fn verify_admission_certificate(
     if !rest.is_empty() {
         return Err(CertError::Malformed("trailing bytes".into()));
     }
-    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
-    let tbs = cert.tbs_certificate.as_ref();
-    let sig = cert.signature_value.data.as_ref();
-    let ok = match (policy_key, sig_oid.as_str()) {
-        (PublicKey::P256(p), "1.2.840.10045.4.3.2") => {
-            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, p)
-                .verify(tbs, sig)
-                .is_ok()
-        }
-        (PublicKey::P384(p), "1.2.840.10045.4.3.3") => {
-            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_ASN1, p)
-                .verify(tbs, sig)
-                .is_ok()
-        }
-        (PublicKey::Rsa { n, e }, "1.2.840.113549.1.1.11") => {
-            signature::RsaPublicKeyComponents { n, e }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, tbs, sig)
-                .is_ok()
-        }
-        _ => false,
-    };
-    if !ok {
+    if !signed_by(&cert, policy_key) {
         return Err(CertError::BadSignature);
     }
     let validity = cert.validity();

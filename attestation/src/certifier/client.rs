@@ -118,6 +118,25 @@ impl Client {
         Self::artifact(self.exchange(&request).await?)
     }
 
+    /// Fetch the service's current policy and verify every claim with
+    /// `policy_key` (the key of the policy certificate this party trusts).
+    /// Peers use it for revocations and trusted platform keys.
+    pub async fn policy(
+        &self,
+        policy_key: &PublicKey,
+    ) -> Result<super::policy::Policy, ClientError> {
+        let request = TrustRequestMessage {
+            submitted_evidence_type: Some(EVIDENCE_TYPE_CCA.into()),
+            purpose: Some(PURPOSE_POLICY.into()),
+            ..Default::default()
+        };
+        let bytes = Self::artifact(self.exchange(&request).await?)?;
+        let seq: super::proto::SignedClaimSequence =
+            decode_bounded(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        super::policy::Policy::load(&seq, policy_key, unix_now())
+            .map_err(|e| ClientError::Protocol(format!("the served policy does not verify: {e}")))
+    }
+
     /// Present `token` (which must answer `nonce` for `auth_key`) and ask for
     /// an admission certificate for `role`. Returns the certificate DER.
     pub async fn present(

@@ -7,6 +7,10 @@
 pub const EVIDENCE_TYPE_CCA: &str = "cca-evidence";
 /// `purpose` asking for a fresh nonce (extension). The artifact is the nonce.
 pub const PURPOSE_NONCE: &str = "nonce";
+/// `purpose` asking for the current signed policy (extension). The artifact
+/// is the `signed_claim_sequence`; peers verify it with the policy key and
+/// take revocations and platform keys from it.
+pub const PURPOSE_POLICY: &str = "policy";
 /// `purpose` asking for an admission certificate (framework).
 pub const PURPOSE_AUTHENTICATION: &str = "authentication";
 /// `evidence_package.prover_type` (framework).

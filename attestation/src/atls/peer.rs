@@ -1,0 +1,53 @@
+//! The peer identity an application sees after the handshake.
+
+use crate::certifier::admission::{AdmissionClaims, CertError, verify_admission_certificate};
+use crate::certifier::keys::PublicKey;
+use crate::certifier::policy::Role;
+
+/// Who is on the other end: verified during the handshake, read back here
+/// from the peer's certificate so the application can act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    /// The peer's role.
+    pub role: Role,
+    /// The peer's realm measurement.
+    pub measurement: Vec<u8>,
+    /// Admitted on INSECURE emulated evidence.
+    pub insecure_platform: bool,
+    /// The peer's TLS auth key.
+    pub auth_key: PublicKey,
+    /// DER SubjectPublicKeyInfo of that key (input to fresh-evidence challenges).
+    pub auth_key_spki: Vec<u8>,
+}
+
+impl VerifiedPeer {
+    /// From the certificates rustls reports for the connection. The handshake
+    /// already ran every check; this re-reads the claims (and re-checks the
+    /// signature, which is cheap) rather than trusting an unverified parse.
+    pub fn from_certificates(
+        certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+        policy_key: &PublicKey,
+        now: i64,
+    ) -> Result<Self, CertError> {
+        let end_entity = certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| CertError::Malformed("the peer presented no certificate".into()))?;
+        let AdmissionClaims {
+            role,
+            measurement,
+            insecure_platform,
+            auth_key,
+            ..
+        } = verify_admission_certificate(end_entity.as_ref(), policy_key, now)?;
+        let auth_key_spki = auth_key
+            .ec_spki_der()
+            .ok_or_else(|| CertError::Malformed("peer key is not EC".into()))?;
+        Ok(Self {
+            role,
+            measurement,
+            insecure_platform,
+            auth_key,
+            auth_key_spki,
+        })
+    }
+}
