@@ -1,0 +1,41 @@
+//! The wire protocol between the confidential-ML binaries (`model-provider`,
+//! `realm-runtime`, `device-agent`): the [`Message`] enum they exchange over
+//! attested TLS, its postcard encoding, and the length-prefixed framing they
+//! all share.
+//!
+//! * [`Message`] and its parts ([`Tensor`], [`SecretBytes`], ...), with
+//!   [`PROTOCOL_VERSION`] (module `message`).
+//! * Pure, sans-IO framing: [`FrameDecoder`], [`encode_frame`] (`frame`).
+//! * [`Framed`]: messages over any `AsyncRead + AsyncWrite` stream with
+//!   [`Limits`], chunked large payloads and the version hello (`framed`).
+//! * [`fresh_evidence_exchange`]: high-assurance mode over attested TLS.
+//! * Typed errors: [`ProtocolError`], [`FrameError`], [`TensorError`] (`error`).
+//!
+//! Every public type is exported from the crate root only.
+//!
+//! This crate must never allocate by a length a peer declared before
+//! checking it against a limit, never block forever on a silent or stalled
+//! peer (every read and write has a timeout), never panic on any input, and
+//! never print secrets (keys are [`SecretBytes`], whose `Debug` is redacted).
+//! It authenticates no one: who the peer is comes from the attested TLS
+//! session (the `attestation` crate), never from what a message claims.
+
+#![deny(missing_docs)]
+
+mod error;
+mod frame;
+mod framed;
+mod fresh;
+mod message;
+mod secret;
+mod tensor;
+
+pub use error::{FrameError, ProtocolError, TensorError};
+pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, HEADER_LEN, encode_frame};
+pub use framed::{Framed, Limits, PeerHello};
+pub use fresh::{FreshExchangeError, TlsSession, fresh_evidence_exchange};
+pub use message::{
+    ErrorCode, InferenceOutput, KeyUsage, MAX_REMOTE_MESSAGE, Message, PROTOCOL_VERSION,
+};
+pub use secret::SecretBytes;
+pub use tensor::{Tensor, TensorData};
