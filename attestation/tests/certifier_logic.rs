@@ -10,7 +10,7 @@ use attestation::certifier::claims::{ClaimError, parse_time, sign_claim, verify_
 use attestation::certifier::clause::{
     key_entity, measurement_entity, same_clause, says, simple, unary, verb,
 };
-use attestation::certifier::decide::{Refusal, admission_challenge, decide};
+use attestation::certifier::decide::{Admitted, Refusal, admission_challenge, decide};
 use attestation::certifier::keys::{PublicKey, SigningKey};
 use attestation::certifier::policy::{Policy, PolicyError, Role, descriptor};
 use attestation::certifier::proof::{ProofError, ProofStep, check_step, verify_proof};
@@ -355,176 +355,156 @@ impl Fixture {
     }
 }
 
-#[test]
-fn decide_admits_the_trusted_role_and_explains_every_refusal() {
+/// A fixture whose policy trusts its emulated platform with `platform_flags`
+/// (none: no platform entry) and its RIM with `role_descriptor`; plus
+/// evidence from that platform for `auth`.
+fn scenario(
+    platform_flags: Option<&str>,
+    role_descriptor: &str,
+    auth: &PublicKey,
+) -> (Fixture, Evidence) {
     let mut f = Fixture::new();
+    if let Some(flags) = platform_flags {
+        f.platform_entry(flags);
+    }
     let rim = f.platform.rim().as_bytes().to_vec();
-    let auth = fresh_key();
-    let (nonce, token) = f.evidence(&auth);
-
-    // No platform at all.
     f.add(
         unary(measurement_entity(&rim), verb::IS_TRUSTED),
-        "role:device",
+        role_descriptor,
     );
-    let r = decide(&f.policy().unwrap(), &token, &nonce, &auth, &Role::device());
-    assert_eq!(r, Err(Refusal::UntrustedPlatform));
+    let (nonce, token) = f.evidence(auth);
+    (f, Evidence { rim, nonce, token })
+}
+
+struct Evidence {
+    rim: Vec<u8>,
+    nonce: Vec<u8>,
+    token: Vec<u8>,
+}
+
+impl Fixture {
+    fn decide(&self, e: &Evidence, auth: &PublicKey, role: &Role) -> Result<Admitted, Refusal> {
+        decide(&self.policy().unwrap(), &e.token, &e.nonce, auth, role)
+    }
+}
+
+fn flags(parts: &[&str]) -> String {
+    parts.join(";")
+}
+
+#[test]
+fn decide_admits_the_trusted_role_and_explains_every_refusal() {
+    use descriptor::{CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY};
+    let auth = fresh_key();
+    let device = Role::device();
+
+    // No platform at all.
+    let (f, e) = scenario(None, "role:device", &auth);
+    assert_eq!(
+        f.decide(&e, &auth, &device),
+        Err(Refusal::UntrustedPlatform)
+    );
 
     // The emulated key trusted as if it were a real platform: refused.
-    let mut f2 = Fixture::new();
-    let rim2 = f2.platform.rim().as_bytes().to_vec();
-    let (nonce2, token2) = f2.evidence(&auth);
-    f2.platform_entry(&format!(
-        "{};{}",
-        descriptor::CCA_PLATFORM,
-        descriptor::SW_COMPONENTS_ANY
-    ));
-    f2.add(
-        unary(measurement_entity(&rim2), verb::IS_TRUSTED),
+    let (f, e) = scenario(
+        Some(&flags(&[CCA_PLATFORM, SW_COMPONENTS_ANY])),
         "role:device",
-    );
-    let r = decide(
-        &f2.policy().unwrap(),
-        &token2,
-        &nonce2,
         &auth,
-        &Role::device(),
     );
-    assert_eq!(r, Err(Refusal::EmulatedPlatformNotMarked));
+    assert_eq!(
+        f.decide(&e, &auth, &device),
+        Err(Refusal::EmulatedPlatformNotMarked)
+    );
 
     // Marked insecure but firmware appraisal not skipped: components must match.
-    let mut f3 = Fixture::new();
-    let rim3 = f3.platform.rim().as_bytes().to_vec();
-    let (nonce3, token3) = f3.evidence(&auth);
-    f3.platform_entry(&format!(
-        "{};{}",
-        descriptor::CCA_PLATFORM,
-        descriptor::INSECURE_EMULATED
-    ));
-    f3.add(
-        unary(measurement_entity(&rim3), verb::IS_TRUSTED),
+    let (mut f, e) = scenario(
+        Some(&flags(&[CCA_PLATFORM, INSECURE_EMULATED])),
         "role:device",
-    );
-    let r = decide(
-        &f3.policy().unwrap(),
-        &token3,
-        &nonce3,
         &auth,
-        &Role::device(),
     );
+    let r = f.decide(&e, &auth, &device);
     assert!(
         matches!(r, Err(Refusal::PlatformComponentNotTrusted { .. })),
         "{r:?}"
     );
-    let parsed = attestation::cca::parse(&token3).unwrap();
+    let parsed = attestation::cca::parse(&e.token).unwrap();
     let component = parsed.platform().claims().sw_components[0]
         .measurement_value
         .clone();
-    f3.add(
+    f.add(
         unary(
             measurement_entity(&component),
             verb::IS_TRUSTED_PLATFORM_COMPONENT,
         ),
         descriptor::CCA_PLATFORM_COMPONENT,
     );
-    let admitted = decide(
-        &f3.policy().unwrap(),
-        &token3,
-        &nonce3,
-        &auth,
-        &Role::device(),
-    )
-    .unwrap();
-    assert_eq!(admitted.measurement, rim3);
+    let admitted = f.decide(&e, &auth, &device).unwrap();
+    assert_eq!(admitted.measurement, e.rim);
     assert!(admitted.insecure_platform);
 
     // A personalization value pinned by the policy must match.
-    let mut f4 = Fixture::new();
-    let rim4 = f4.platform.rim().as_bytes().to_vec();
-    let (nonce4, token4) = f4.evidence(&auth);
-    f4.platform_entry(&format!(
-        "{};{};{}",
-        descriptor::CCA_PLATFORM,
-        descriptor::INSECURE_EMULATED,
-        descriptor::SW_COMPONENTS_ANY
-    ));
-    f4.add(
-        unary(measurement_entity(&rim4), verb::IS_TRUSTED),
+    let all = flags(&[CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY]);
+    let (mut f4, e4) = scenario(
+        Some(&all),
         &format!("role:device;rpv={}", "11".repeat(64)),
-    );
-    let r = decide(
-        &f4.policy().unwrap(),
-        &token4,
-        &nonce4,
         &auth,
-        &Role::device(),
     );
+    let r = f4.decide(&e4, &auth, &device);
     assert!(matches!(r, Err(Refusal::NotTrusted { .. })), "{r:?}");
     f4.add(
-        unary(measurement_entity(&rim4), verb::IS_TRUSTED),
+        unary(measurement_entity(&e4.rim), verb::IS_TRUSTED),
         &format!("role:device;rpv={}", "00".repeat(64)),
     );
-    assert!(
-        decide(
-            &f4.policy().unwrap(),
-            &token4,
-            &nonce4,
-            &auth,
-            &Role::device()
-        )
-        .is_ok()
-    );
+    assert!(f4.decide(&e4, &auth, &device).is_ok());
 
     // Wrong role, other nonce, other auth key, revoked.
-    let p = f3.policy().unwrap();
     assert!(matches!(
-        decide(&p, &token3, &nonce3, &auth, &Role::runtime()),
+        f.decide(&e, &auth, &Role::runtime()),
         Err(Refusal::WrongRole { .. })
     ));
+    let other_nonce = Evidence {
+        rim: e.rim.clone(),
+        nonce: vec![4u8; 32],
+        token: e.token.clone(),
+    };
     assert_eq!(
-        decide(&p, &token3, &[4u8; 32], &auth, &Role::device()).map_err(|e| e.code()),
+        f.decide(&other_nonce, &auth, &device).map_err(|e| e.code()),
         Err("realm-challenge")
     );
     assert_eq!(
-        decide(&p, &token3, &nonce3, &fresh_key(), &Role::device()).map_err(|e| e.code()),
+        f.decide(&e, &fresh_key(), &device).map_err(|e| e.code()),
         Err("realm-challenge")
     );
-    f3.add(
-        unary(measurement_entity(&rim3), verb::IS_REVOKED),
+    f.add(
+        unary(measurement_entity(&e.rim), verb::IS_REVOKED),
         "revoked:test",
     );
-    let r = decide(
-        &f3.policy().unwrap(),
-        &token3,
-        &nonce3,
-        &auth,
-        &Role::device(),
-    );
+    let r = f.decide(&e, &auth, &device);
     assert!(
         matches!(r, Err(Refusal::Revoked { ref reason, .. }) if reason == "test"),
         "{r:?}"
     );
 
     // Admission certificate: verifies with the policy key only, within its life.
-    let cert = issue_admission_certificate(&f3.pkcs8, &admitted, f3.now, 3600, None).unwrap();
+    let cert = issue_admission_certificate(&f.pkcs8, &admitted, f.now, 3600, None).unwrap();
     let claims =
-        verify_admission_certificate(&cert, &f3.policy_key.public_key(), f3.now + 10).unwrap();
-    assert_eq!(claims.role, Role::device());
-    assert_eq!(claims.measurement, rim3);
+        verify_admission_certificate(&cert, &f.policy_key.public_key(), f.now + 10).unwrap();
+    assert_eq!(claims.role, device);
+    assert_eq!(claims.measurement, e.rim);
     assert_eq!(claims.auth_key, auth);
     assert!(claims.insecure_platform);
     assert_eq!(
-        verify_admission_certificate(&cert, &fresh_key(), f3.now),
+        verify_admission_certificate(&cert, &fresh_key(), f.now),
         Err(CertError::BadSignature)
     );
     assert_eq!(
-        verify_admission_certificate(&cert, &f3.policy_key.public_key(), f3.now + 3700),
+        verify_admission_certificate(&cert, &f.policy_key.public_key(), f.now + 3700),
         Err(CertError::Expired)
     );
     let parsed = x509_parser::parse_x509_certificate(&cert).unwrap().1;
     assert_eq!(
         parsed.subject().to_string(),
-        format!("CN=CertifierUsers, O=Measured-{}", hex::encode(&rim3))
+        format!("CN=CertifierUsers, O=Measured-{}", hex::encode(&e.rim))
     );
     assert_eq!(parsed.issuer().to_string(), "CN=policyAuthority, O=root");
 }

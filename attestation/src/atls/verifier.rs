@@ -178,16 +178,8 @@ impl PolicyAnchor {
         if !rest.is_empty() {
             return Err(CertError::Malformed("trailing bytes".into()));
         }
-        let point = cert.public_key().subject_public_key.data.to_vec();
-        let key = match point.len() {
-            65 => PublicKey::P256(point),
-            97 => PublicKey::P384(point),
-            _ => {
-                return Err(CertError::Malformed(
-                    "policy key is not P-256 or P-384".into(),
-                ));
-            }
-        };
+        let key = PublicKey::from_ec_point(&cert.public_key().subject_public_key.data)
+            .ok_or_else(|| CertError::Malformed("policy key is not P-256 or P-384".into()))?;
         if !crate::certifier::admission::signed_by(&cert, &key) {
             return Err(CertError::BadSignature);
         }
@@ -229,6 +221,15 @@ impl PeerVerifier {
             algorithms: provider.signature_verification_algorithms,
             hints,
         }
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     /// Run every check on a peer's end-entity certificate.
@@ -310,7 +311,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -350,7 +351,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

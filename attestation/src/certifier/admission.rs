@@ -291,17 +291,8 @@ pub fn verify_admission_certificate(
         _ => return Err(CertError::MissingExtension("measurement")),
     };
     let insecure_platform = ext(oid::INSECURE_PLATFORM).is_some();
-    let spki = cert.public_key();
-    let point = spki.subject_public_key.data.to_vec();
-    let auth_key = match point.len() {
-        65 => PublicKey::P256(point),
-        97 => PublicKey::P384(point),
-        _ => {
-            return Err(CertError::Malformed(
-                "subject key is not P-256 or P-384".into(),
-            ));
-        }
-    };
+    let auth_key = PublicKey::from_ec_point(&cert.public_key().subject_public_key.data)
+        .ok_or_else(|| CertError::Malformed("subject key is not P-256 or P-384".into()))?;
     Ok(AdmissionClaims {
         role,
         measurement,

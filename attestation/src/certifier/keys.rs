@@ -125,6 +125,16 @@ impl PublicKey {
         Ok(make(p))
     }
 
+    /// An EC key from an uncompressed SEC1 point, by its length (65 bytes:
+    /// P-256, 97 bytes: P-384). Certificates carry keys this way.
+    pub fn from_ec_point(point: &[u8]) -> Option<Self> {
+        match (point.len(), point.first()) {
+            (65, Some(0x04)) => Some(PublicKey::P256(point.to_vec())),
+            (97, Some(0x04)) => Some(PublicKey::P384(point.to_vec())),
+            _ => None,
+        }
+    }
+
     /// A public `key_message` for this key.
     pub fn to_key_message(&self, name: &str) -> KeyMessage {
         let (key_type, rsa_key, ecc_key) = match self {
