@@ -10,6 +10,7 @@
 //!   [`Limits`], chunked large payloads and the version hello (`framed`).
 //! * [`fresh_evidence_exchange`]: high-assurance mode over attested TLS.
 //! * Typed errors: [`ProtocolError`], [`FrameError`], [`TensorError`] (`error`).
+//! * [`sealed`]: sealed model bundles (STREAM over AES-256-GCM); its types stay in `sealed`.
 //!
 //! Every public type is exported from the crate root only.
 //!
@@ -27,6 +28,7 @@ mod frame;
 mod framed;
 mod fresh;
 mod message;
+pub mod sealed;
 mod secret;
 mod tensor;
 
