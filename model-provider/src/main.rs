@@ -1,0 +1,373 @@
+//! `model-provider`: an AI company's side. It seals ONNX models into a blob
+//! store and releases each model's data key, over attested TLS, only to peers
+//! whose role, measurement and intended use its release policy allows.
+//!
+//! Must never: put a data key anywhere but the encrypted keystore and an
+//! attested session to an allowed peer, log or print a key, or tell a refused
+//! peer which model ids exist.
+
+mod bundle;
+mod keystore;
+mod release;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use attestation::certifier::client::unix_now;
+use attestation::platform::danger::InsecureEmulatedPlatform;
+use attestation::platform::{ConfigfsTsm, EvidenceSource};
+use blob_store::{AnyStore, BlobId, BlobStore};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use protocol::sealed::BundleMeta;
+
+use crate::keystore::{KekSource, Keystore};
+use crate::release::{ReleaseRule, parse_usage};
+
+const EXAMPLES: &str = "\
+Examples:
+  model-provider seal --model digits.onnx --id digits --store file:///var/lib/cca-ml/blobs \\
+      --keystore keys.json --keystore-key kek.bin --allow-role runtime --use remote-inference
+  model-provider verify --store file:///var/lib/cca-ml/blobs --bundle <HASH> --keystore keys.json --keystore-key kek.bin
+  model-provider list --store file:///var/lib/cca-ml/blobs --keystore keys.json --keystore-key kek.bin
+  model-provider rotate --id digits --store file:///var/lib/cca-ml/blobs --keystore keys.json --keystore-key kek.bin
+  model-provider serve --listen 127.0.0.1:8200 --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
+      --platform tsm --keystore keys.json --keystore-key kek.bin
+
+The keystore key can instead come from a passphrase in MODEL_PROVIDER_PASSPHRASE.";
+
+#[derive(Parser, Debug)]
+#[command(name = "model-provider", version, about = "Seal models and release their keys only to attested peers", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct KeystoreArgs {
+    /// Keystore file (JSON; data keys inside are encrypted).
+    #[arg(long)]
+    keystore: PathBuf,
+    /// File with the 32-byte keystore key (created, mode 0600, if missing).
+    /// Without it the key is derived from MODEL_PROVIDER_PASSPHRASE.
+    #[arg(long)]
+    keystore_key: Option<PathBuf>,
+}
+
+impl KeystoreArgs {
+    fn open(&self) -> Result<Keystore> {
+        let source = match &self.keystore_key {
+            Some(p) => KekSource::KeyFile(p.clone()),
+            None => KekSource::Passphrase,
+        };
+        Keystore::open(&self.keystore, &source)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Seal a model with a new key into the store; prints the bundle hash.
+    Seal {
+        /// The ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Model id (what peers ask for).
+        #[arg(long)]
+        id: String,
+        /// Model version.
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Blob store URL: file:///dir or s3://bucket/prefix.
+        #[arg(long)]
+        store: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+        /// Role that may receive the key (repeat): runtime, device, ...
+        #[arg(long = "allow-role", required = true)]
+        roles: Vec<String>,
+        /// Measurement (hex) that may receive the key (repeat); default: any
+        /// measurement the certifier trusts for those roles.
+        #[arg(long = "allow-measurement")]
+        measurements: Vec<String>,
+        /// Allowed use (repeat): remote-inference, on-device, fl-aggregate.
+        #[arg(long = "use", required = true, value_parser = parse_usage)]
+        uses: Vec<String>,
+    },
+    /// Open a stored bundle in memory with its key; non-zero exit on any tampering.
+    Verify {
+        /// Blob store URL.
+        #[arg(long)]
+        store: String,
+        /// Bundle hash (hex).
+        #[arg(long)]
+        bundle: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+    },
+    /// List bundles in the store (with model ids from the keystore when given).
+    List {
+        /// Blob store URL.
+        #[arg(long)]
+        store: String,
+        /// Keystore file, to name the bundles.
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+        /// Keystore key file.
+        #[arg(long)]
+        keystore_key: Option<PathBuf>,
+    },
+    /// Re-seal a model's current bundle under a new key; the old key is retired.
+    Rotate {
+        /// Model id.
+        #[arg(long)]
+        id: String,
+        /// Blob store URL.
+        #[arg(long)]
+        store: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+    },
+    /// Get admitted as `provider`, then answer key requests over attested TLS.
+    Serve {
+        /// Listen address (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8200")]
+        listen: String,
+        /// Certifier service address.
+        #[arg(long)]
+        certifier: String,
+        /// The policy certificate (DER), the only trust root.
+        #[arg(long)]
+        policy_cert: PathBuf,
+        /// Evidence source.
+        #[arg(long, value_enum)]
+        platform: PlatformKind,
+        /// Emulated platform key (with --platform insecure-emulated).
+        #[arg(long)]
+        platform_key: Option<PathBuf>,
+        /// Accept peers admitted on the INSECURE emulated platform.
+        #[arg(long)]
+        allow_insecure_peers: bool,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum PlatformKind {
+    /// configfs-tsm in a Linux CCA realm.
+    Tsm,
+    /// INSECURE emulated platform (tests, laptops); RIM = SHA-512 of this binary.
+    InsecureEmulated,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn bundle_id(hex: &str) -> Result<BlobId> {
+    hex.parse::<BlobId>().map_err(anyhow::Error::msg)
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Seal {
+            model,
+            id,
+            version,
+            store,
+            keystore,
+            roles,
+            measurements,
+            uses,
+        } => {
+            for m in &measurements {
+                if hex::decode(m).map(|b| b.len()).unwrap_or(0) < 16 {
+                    bail!("--allow-measurement {m:?} is not a hex digest");
+                }
+            }
+            let mut ks = keystore.open()?;
+            let store = AnyStore::open(&store)?;
+            let meta = BundleMeta {
+                model_id: id.clone(),
+                version: version.clone(),
+                created: unix_now().max(0) as u64,
+            };
+            let (bundle, key) = bundle::seal_into_store(&store, &model, &meta).await?;
+            let rule = ReleaseRule {
+                roles,
+                measurements: measurements.iter().map(|m| m.to_lowercase()).collect(),
+                uses,
+            };
+            ks.add(&id, &version, &bundle.to_hex(), &key, meta.created, rule)?;
+            ks.retire(&id, &bundle.to_hex())?;
+            println!("{bundle}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            store,
+            bundle,
+            keystore,
+        } => {
+            let id = bundle_id(&bundle)?;
+            let ks = keystore.open()?;
+            let entry = ks
+                .entries()
+                .iter()
+                .rev()
+                .find(|e| e.bundle == id.to_hex())
+                .with_context(|| format!("bundle {id} is not in this keystore"))?;
+            let key = ks.unwrap_key(entry)?;
+            let store = AnyStore::open(&store)?;
+            match bundle::verify_bundle(&store, &id, &key).await {
+                Ok(s) => {
+                    println!(
+                        "OK {} version {}: {} bytes, plaintext sha256 {}",
+                        s.header.model_id(),
+                        s.header.model_version(),
+                        s.plaintext_len,
+                        hex::encode(s.plaintext_sha256)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("TAMPERED or unreadable bundle {id}: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::List {
+            store,
+            keystore,
+            keystore_key,
+        } => {
+            let store = AnyStore::open(&store)?;
+            let ks = match keystore {
+                Some(path) => Some(
+                    KeystoreArgs {
+                        keystore: path,
+                        keystore_key,
+                    }
+                    .open()?,
+                ),
+                None => None,
+            };
+            for blob in store.list().await? {
+                let hex = blob.id.to_hex();
+                let name = ks
+                    .as_ref()
+                    .and_then(|k| k.entries().iter().find(|e| e.bundle == hex))
+                    .map(|e| {
+                        format!(
+                            "{} v{}{} roles={} uses={}",
+                            e.model_id,
+                            e.version,
+                            if e.retired { " (retired)" } else { "" },
+                            e.release.roles.join(","),
+                            e.release.uses.join(",")
+                        )
+                    })
+                    .unwrap_or_default();
+                println!("{hex} {:>12} {name}", blob.size);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rotate {
+            id,
+            store,
+            keystore,
+        } => {
+            let mut ks = keystore.open()?;
+            let entry = ks
+                .current(&id)
+                .cloned()
+                .with_context(|| format!("no current bundle for model {id:?}"))?;
+            let old_key = ks.unwrap_key(&entry)?;
+            let store = AnyStore::open(&store)?;
+            let scratch = bundle::Scratch::new("rotate")?;
+            let plain =
+                bundle::open_to_scratch(&store, &bundle_id(&entry.bundle)?, &old_key, &scratch)
+                    .await?;
+            let meta = BundleMeta {
+                model_id: id.clone(),
+                version: entry.version.clone(),
+                created: unix_now().max(0) as u64,
+            };
+            let (new_bundle, key) = bundle::seal_into_store(&store, &plain, &meta).await?;
+            drop(scratch);
+            ks.add(
+                &id,
+                &entry.version,
+                &new_bundle.to_hex(),
+                &key,
+                meta.created,
+                entry.release.clone(),
+            )?;
+            ks.retire(&id, &new_bundle.to_hex())?;
+            println!("{new_bundle}");
+            eprintln!(
+                "model {id}: new key {}, bundle {}; the old key is retired",
+                hex::encode(key.key_id().as_bytes()),
+                new_bundle
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            listen,
+            certifier,
+            policy_cert,
+            platform,
+            platform_key,
+            allow_insecure_peers,
+            keystore,
+        } => {
+            let keystore = keystore.open()?;
+            let platform: Box<dyn EvidenceSource> = match platform {
+                PlatformKind::Tsm => Box::new(ConfigfsTsm::new()),
+                PlatformKind::InsecureEmulated => {
+                    let key = platform_key
+                        .context("--platform insecure-emulated needs --platform-key")?;
+                    eprintln!(
+                        "WARNING: INSECURE emulated platform: evidence from it can be forged"
+                    );
+                    Box::new(InsecureEmulatedPlatform::from_key_file(&key)?)
+                }
+            };
+            serve::serve(serve::ServeConfig {
+                listen,
+                certifier,
+                policy_cert,
+                platform,
+                allow_insecure_peers,
+                keystore,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

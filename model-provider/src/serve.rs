@@ -1,0 +1,186 @@
+//! `serve`: get admitted, then answer key requests over attested TLS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use attestation::atls::{
+    Identity, PeerRequirement, PolicyAnchor, RevocationList, VerifiedPeer, server_config,
+};
+use attestation::certifier::client::{Client, unix_now};
+use attestation::certifier::keys::SigningKey;
+use attestation::certifier::policy::Role;
+use attestation::platform::EvidenceSource;
+use protocol::{ErrorCode, Framed, Limits, Message, ProtocolError};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::keystore::Keystore;
+use crate::release::{Denial, decide, usage_name};
+
+/// What `serve` needs.
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Certifier service address.
+    pub certifier: String,
+    /// The policy certificate (the only trust root).
+    pub policy_cert: PathBuf,
+    /// Where this provider's evidence comes from.
+    pub platform: Box<dyn EvidenceSource>,
+    /// Accept peers admitted on the INSECURE emulated platform.
+    pub allow_insecure_peers: bool,
+    /// The keystore (already unlocked).
+    pub keystore: Keystore,
+}
+
+/// Run until stopped.
+pub async fn serve(cfg: ServeConfig) -> Result<()> {
+    let policy_cert = std::fs::read(&cfg.policy_cert)
+        .with_context(|| format!("reading {}", cfg.policy_cert.display()))?;
+    let anchor =
+        PolicyAnchor::from_certificate_der(&policy_cert).context("the policy certificate")?;
+
+    // 1. Our own admission, with a fresh auth key generated here.
+    let (auth, auth_pkcs8) = SigningKey::generate_p256().context("generating the TLS auth key")?;
+    let client = Client::new(cfg.certifier.clone(), Duration::from_secs(15));
+    info!(platform = %cfg.platform.describe(), "requesting admission as provider");
+    let cert = client
+        .admit(cfg.platform.as_ref(), &auth.public_key(), &Role::provider())
+        .await
+        .context("admission as provider was refused")?;
+    let identity = Identity::new(cert, auth_pkcs8);
+
+    // 2. Revocations and platform keys from the signed policy.
+    let revoked = RevocationList::new();
+    let policy = client
+        .policy(anchor.key())
+        .await
+        .context("fetching the signed policy")?;
+    revoked.update_from_policy(&policy);
+
+    let mut requirement = PeerRequirement::roles([Role::runtime(), Role::device()])?;
+    if cfg.allow_insecure_peers {
+        warn!("INSECURE: accepting peers admitted on the emulated platform");
+        requirement = requirement.allow_insecure_emulated_platform();
+    }
+    let tls = server_config(&identity, anchor.clone(), requirement, revoked)?;
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    println!("model-provider listening on {addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+
+    let keystore = Arc::new(cfg.keystore);
+    loop {
+        let (tcp, peer_addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, keystore, policy_key) =
+            (acceptor.clone(), keystore.clone(), anchor.key().clone());
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        warn!(%peer_addr, "handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(%peer_addr, "handshake timed out");
+                        return;
+                    }
+                };
+            let peer = match VerifiedPeer::from_certificates(
+                tls.get_ref().1.peer_certificates(),
+                &policy_key,
+                unix_now(),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(%peer_addr, "peer identity: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = session(
+                Framed::with_limits(tls, Limits::default()),
+                &peer,
+                &keystore,
+            )
+            .await
+            {
+                info!(%peer_addr, "session ended: {e}");
+            }
+        });
+    }
+}
+
+async fn session<S>(
+    mut framed: Framed<S>,
+    peer: &VerifiedPeer,
+    keystore: &Keystore,
+) -> Result<(), ProtocolError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    framed.server_hello().await?;
+    loop {
+        match framed.recv().await? {
+            Message::ModelKeyRequest {
+                model_id,
+                bundle_hash,
+                usage,
+            } => {
+                let entry = keystore.current(&model_id);
+                let reply = match decide(entry, &bundle_hash, peer, &usage) {
+                    Ok(()) => match entry.map(|e| keystore.unwrap_key(e)) {
+                        Some(Ok(key)) => {
+                            info!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                                  usage = usage_name(&usage), "key released");
+                            Message::ModelKeyRelease {
+                                model_id,
+                                key_id: *key.key_id().as_bytes(),
+                                key: key.to_secret_bytes(),
+                            }
+                        }
+                        _ => Message::error(ErrorCode::Internal, "key unavailable"),
+                    },
+                    Err(denial) => {
+                        let detail = match &denial {
+                            // The model id is only logged, never echoed, for unknown models.
+                            Denial::UnknownModel => "unknown model".to_string(),
+                            other => other.to_string(),
+                        };
+                        warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                              usage = usage_name(&usage), "key refused: {detail}");
+                        Message::error(ErrorCode::Refused, "key not released")
+                    }
+                };
+                framed.send(&reply).await?;
+            }
+            other => {
+                framed
+                    .send(&Message::error(
+                        ErrorCode::BadRequest,
+                        "this service answers ModelKeyRequest only",
+                    ))
+                    .await?;
+                return Err(ProtocolError::UnexpectedMessage {
+                    expected: "ModelKeyRequest",
+                    got: other.kind(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The model provider as deployed: real `model-provider` and
+//! `certifier-service` processes on loopback, a real blob store and
+//! keystore, and peers admitted on (INSECURE emulated) CCA evidence asking
+//! for keys over attested TLS. Only the allowed role, measurement and use
+//! ever receives a key; the key it receives opens the bundle.
+//!
+//! `certifier-service` is taken from the same target directory; `cargo test
+//! --workspace` builds it (run `cargo build -p certifier-service` first when
+//! testing this crate alone).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use attestation::atls::{
+    Identity, PeerRequirement, PolicyAnchor, RevocationList, client_config, server_name,
+};
+use attestation::certifier::client::Client;
+use attestation::certifier::keys::SigningKey;
+use attestation::certifier::policy::Role;
+use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
+use blob_store::{BlobId, BlobStore, LocalStore};
+use protocol::sealed::{ModelKey, open_to_vec};
+use protocol::{ErrorCode, Framed, KeyUsage, Message};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const PROVIDER: &str = env!("CARGO_BIN_EXE_model-provider");
+
+fn certifier_bin() -> PathBuf {
+    let p = Path::new(PROVIDER).with_file_name("certifier-service");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p certifier-service` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a server process and read "... listening on ADDR" from its stdout.
+fn spawn_server(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("listening on"),
+        "unexpected first line {line:?}"
+    );
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (Proc(child), addr)
+}
+
+fn run(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Env {
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("provider-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Env { dir }
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+    fn store_url(&self) -> String {
+        format!("file://{}", self.p("blobs"))
+    }
+    fn ks(&self) -> [String; 4] {
+        [
+            "--keystore".into(),
+            self.p("keys.json"),
+            "--keystore-key".into(),
+            self.p("kek.bin"),
+        ]
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/digits_logreg.onnx")
+        .display()
+        .to_string()
+}
+
+fn seal(env: &Env, id: &str, extra: &[&str]) -> String {
+    let mut args: Vec<String> = [
+        "seal",
+        "--model",
+        &model(),
+        "--id",
+        id,
+        "--store",
+        &env.store_url(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(env.ks());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(run(Path::new(PROVIDER), &args)).trim().to_string()
+}
+
+#[test]
+fn seal_verify_list_rotate_and_detect_tampering() {
+    let env = Env::new("cli");
+    let hash = seal(
+        &env,
+        "digits",
+        &["--allow-role", "runtime", "--use", "remote-inference"],
+    );
+    assert_eq!(hash.len(), 64);
+    let ks = env.ks();
+    let mut verify: Vec<&str> = vec!["verify", "--store"];
+    let url = env.store_url();
+    verify.push(&url);
+    verify.extend(["--bundle", &hash]);
+    verify.extend(ks.iter().map(String::as_str));
+    let out = ok(run(Path::new(PROVIDER), &verify));
+    assert!(out.starts_with("OK digits version 1: 3719 bytes"), "{out}");
+
+    // The keystore holds no key in clear, and the wrong keystore key fails.
+    let text = std::fs::read_to_string(env.p("keys.json")).unwrap();
+    assert!(text.contains("wrapped_key") && !text.contains("\"key\""));
+    std::fs::write(env.p("other.bin"), [9u8; 32]).unwrap();
+    let mut wrong = verify.clone();
+    let last = wrong.len() - 1;
+    let other = env.p("other.bin");
+    wrong[last] = &other;
+    let out = run(Path::new(PROVIDER), &wrong);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong"));
+
+    // Listing names the bundle.
+    let mut list = vec!["list", "--store", &url];
+    list.extend(ks.iter().map(String::as_str));
+    assert!(ok(run(Path::new(PROVIDER), &list)).contains("digits v1"));
+
+    // Rotation: a new bundle under a new key; the old one is retired.
+    let mut rotate = vec!["rotate", "--id", "digits", "--store", &url];
+    rotate.extend(ks.iter().map(String::as_str));
+    let rotated = ok(run(Path::new(PROVIDER), &rotate)).trim().to_string();
+    assert_ne!(rotated, hash);
+    let listing = ok(run(Path::new(PROVIDER), &list));
+    assert!(listing.contains("(retired)"), "{listing}");
+    let mut verify2 = verify.clone();
+    verify2[4] = &rotated;
+    ok(run(Path::new(PROVIDER), &verify2));
+
+    // A bundle altered in the store is reported, with a non-zero exit.
+    let blob = env.dir.join("blobs").join(&rotated);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = run(Path::new(PROVIDER), &verify2);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TAMPERED"));
+}
+
+async fn admitted_identity(
+    certifier: &str,
+    platform_key: &Path,
+    image: &Path,
+    role: Role,
+) -> Identity {
+    let platform = InsecureEmulatedPlatform::from_key_file(platform_key)
+        .unwrap()
+        .measuring(image)
+        .unwrap();
+    let (key, pkcs8) = SigningKey::generate_p256().unwrap();
+    let cert = Client::new(certifier, Duration::from_secs(10))
+        .admit(&platform, &key.public_key(), &role)
+        .await
+        .unwrap();
+    Identity::new(cert, pkcs8)
+}
+
+async fn ask(
+    provider: &str,
+    anchor: &PolicyAnchor,
+    who: &Identity,
+    model_id: &str,
+    bundle: &BlobId,
+    usage: KeyUsage,
+) -> Message {
+    let req = PeerRequirement::roles([Role::provider()])
+        .unwrap()
+        .allow_insecure_emulated_platform();
+    let cfg = client_config(who, anchor.clone(), req, RevocationList::new()).unwrap();
+    let tls = TlsConnector::from(cfg)
+        .connect(server_name(), TcpStream::connect(provider).await.unwrap())
+        .await
+        .unwrap();
+    let mut framed = Framed::new(tls);
+    framed
+        .client_hello("runtime", "provider-test")
+        .await
+        .unwrap();
+    framed
+        .send(&Message::ModelKeyRequest {
+            model_id: model_id.into(),
+            bundle_hash: bundle.0,
+            usage,
+        })
+        .await
+        .unwrap();
+    framed.recv().await.unwrap()
+}
+
+fn refused(m: &Message) -> bool {
+    matches!(m, Message::Error { code: ErrorCode::Refused, message } if message == "key not released")
+}
+
+#[tokio::test]
+async fn keys_reach_only_the_allowed_role_measurement_and_use() {
+    let env = Env::new("serve");
+    let certifier = certifier_bin();
+    let (pem, _) = generate_platform_key_pem(attestation::cca::Curve::P384).unwrap();
+    std::fs::write(env.p("platform.key.pem"), pem).unwrap();
+    ok(run(
+        &certifier,
+        &[
+            "init",
+            "--dir",
+            &env.p("svc"),
+            "--insecure-emulated-platform",
+            &env.p("platform.key.pem"),
+        ],
+    ));
+    std::fs::write(env.p("runtime.img"), b"runtime build 1").unwrap();
+    std::fs::write(env.p("device.img"), b"device build 1").unwrap();
+    std::fs::write(env.p("runtime2.img"), b"runtime build 2").unwrap();
+    for (role, bin) in [
+        ("provider", PROVIDER.to_string()),
+        ("runtime", env.p("runtime.img")),
+        ("runtime", env.p("runtime2.img")),
+        ("device", env.p("device.img")),
+    ] {
+        ok(run(
+            &certifier,
+            &[
+                "policy",
+                "trust",
+                "--dir",
+                &env.p("svc"),
+                "--role",
+                role,
+                "--binary",
+                &bin,
+            ],
+        ));
+    }
+    let mut c = Command::new(&certifier);
+    c.args(["serve", "--dir", &env.p("svc"), "--listen", "127.0.0.1:0"]);
+    let (_certifier_proc, certifier_addr) = spawn_server(c);
+
+    // Two models: one for any runtime, one pinned to runtime build 1.
+    let digits = seal(
+        &env,
+        "digits",
+        &["--allow-role", "runtime", "--use", "remote-inference"],
+    );
+    let runtime1 = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
+        .unwrap()
+        .measuring(&env.dir.join("runtime.img"))
+        .unwrap()
+        .rim()
+        .to_hex();
+    let pinned = seal(
+        &env,
+        "pinned",
+        &[
+            "--allow-role",
+            "runtime",
+            "--allow-measurement",
+            &runtime1,
+            "--use",
+            "remote-inference",
+        ],
+    );
+
+    let mut p = Command::new(PROVIDER);
+    p.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--certifier",
+        &certifier_addr,
+        "--policy-cert",
+        &env.p("svc/policy_cert.der"),
+    ]);
+    p.args([
+        "--platform",
+        "insecure-emulated",
+        "--platform-key",
+        &env.p("platform.key.pem"),
+        "--allow-insecure-peers",
+    ]);
+    p.args(env.ks());
+    let (_provider_proc, provider_addr) = spawn_server(p);
+
+    let anchor = PolicyAnchor::from_certificate_der(
+        &std::fs::read(env.dir.join("svc/policy_cert.der")).unwrap(),
+    )
+    .unwrap();
+    let pk = env.dir.join("platform.key.pem");
+    let runtime = admitted_identity(
+        &certifier_addr,
+        &pk,
+        &env.dir.join("runtime.img"),
+        Role::runtime(),
+    )
+    .await;
+    let runtime2 = admitted_identity(
+        &certifier_addr,
+        &pk,
+        &env.dir.join("runtime2.img"),
+        Role::runtime(),
+    )
+    .await;
+    let device = admitted_identity(
+        &certifier_addr,
+        &pk,
+        &env.dir.join("device.img"),
+        Role::device(),
+    )
+    .await;
+    let digits_id: BlobId = digits.parse().unwrap();
+    let pinned_id: BlobId = pinned.parse().unwrap();
+
+    // The allowed runtime gets the key, and it opens the stored bundle.
+    let reply = ask(
+        &provider_addr,
+        &anchor,
+        &runtime,
+        "digits",
+        &digits_id,
+        KeyUsage::RemoteInference,
+    )
+    .await;
+    let Message::ModelKeyRelease { key, .. } = reply else {
+        panic!("expected a key, got {}", reply.kind())
+    };
+    let key = ModelKey::from_slice(key.expose()).unwrap();
+    let store = LocalStore::open(&env.dir.join("blobs")).unwrap();
+    let sealed = store.get_bytes(&digits_id, 1 << 20).await.unwrap();
+    let (plain, _) = open_to_vec(sealed.as_slice(), &key, 1 << 20).unwrap();
+    assert_eq!(plain, std::fs::read(model()).unwrap());
+
+    // Wrong role, wrong use, wrong measurement, unknown model, wrong bundle:
+    // all refused with the same words.
+    assert!(refused(
+        &ask(
+            &provider_addr,
+            &anchor,
+            &device,
+            "digits",
+            &digits_id,
+            KeyUsage::RemoteInference
+        )
+        .await
+    ));
+    assert!(refused(
+        &ask(
+            &provider_addr,
+            &anchor,
+            &runtime,
+            "digits",
+            &digits_id,
+            KeyUsage::OnDevice
+        )
+        .await
+    ));
+    assert!(refused(
+        &ask(
+            &provider_addr,
+            &anchor,
+            &runtime2,
+            "pinned",
+            &pinned_id,
+            KeyUsage::RemoteInference
+        )
+        .await
+    ));
+    assert!(matches!(
+        ask(
+            &provider_addr,
+            &anchor,
+            &runtime,
+            "pinned",
+            &pinned_id,
+            KeyUsage::RemoteInference
+        )
+        .await,
+        Message::ModelKeyRelease { .. }
+    ));
+    assert!(refused(
+        &ask(
+            &provider_addr,
+            &anchor,
+            &runtime,
+            "no-such-model",
+            &digits_id,
+            KeyUsage::RemoteInference
+        )
+        .await
+    ));
+    assert!(refused(
+        &ask(
+            &provider_addr,
+            &anchor,
+            &runtime,
+            "digits",
+            &pinned_id,
+            KeyUsage::RemoteInference
+        )
+        .await
+    ));
+}
