@@ -10,6 +10,7 @@ mod bundle;
 mod keystore;
 mod release;
 mod serve;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -213,6 +214,15 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
             let mut ks = keystore.open()?;
             let store = AnyStore::open(&store)?;
+            let m = model.clone();
+            let summary = tokio::task::spawn_blocking(move || validate::validate(&m)).await??;
+            eprintln!(
+                "model {} runs: {} nodes, inputs {}, outputs {}",
+                model.display(),
+                summary.nodes,
+                summary.inputs.join("; "),
+                summary.outputs.join("; ")
+            );
             let meta = BundleMeta {
                 model_id: id.clone(),
                 version: version.clone(),

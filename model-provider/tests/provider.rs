@@ -169,6 +169,43 @@ fn seal_verify_list_rotate_and_detect_tampering() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong"));
 
+    // A file that is not runnable ONNX is refused before anything is sealed.
+    std::fs::write(env.p("not-a-model.onnx"), b"this is not a protobuf").unwrap();
+    let url2 = env.store_url();
+    let mut bad: Vec<&str> = vec!["seal", "--model"];
+    let bad_path = env.p("not-a-model.onnx");
+    bad.extend([
+        bad_path.as_str(),
+        "--id",
+        "bad",
+        "--store",
+        &url2,
+        "--allow-role",
+        "runtime",
+        "--use",
+        "on-device",
+    ]);
+    bad.extend(ks.iter().map(String::as_str));
+    let out = run(Path::new(PROVIDER), &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loadable ONNX model"));
+    let unknown = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/unknown_op.onnx")
+        .display()
+        .to_string();
+    bad[2] = &unknown;
+    let out = run(Path::new(PROVIDER), &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FancyUnknownOp"),
+        "names the operator"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.dir.join("blobs")).unwrap().count(),
+        1,
+        "nothing new stored"
+    );
+
     // Listing names the bundle.
     let mut list = vec!["list", "--store", &url];
     list.extend(ks.iter().map(String::as_str));
