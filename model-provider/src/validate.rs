@@ -43,16 +43,14 @@ pub fn validate(path: &Path) -> Result<ModelSummary> {
     let summary = ModelSummary {
         nodes: optimized.nodes().len(),
         inputs: facts(
-            &optimized
+            optimized
                 .input_outlets()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))?
-                .to_vec(),
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?,
         ),
         outputs: facts(
-            &optimized
+            optimized
                 .output_outlets()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))?
-                .to_vec(),
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?,
         ),
     };
     optimized
