@@ -464,3 +464,55 @@ fn open_chunks<R: Read>(
         header,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_is_prefix_counter_flag() {
+        let prefix = [1, 2, 3, 4, 5, 6, 7];
+        let n = chunk_nonce(&prefix, 0x0102_0304, false);
+        assert_eq!(n.as_ref(), &[1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 0]);
+        let n = chunk_nonce(&prefix, u64::from(u32::MAX), true);
+        assert_eq!(
+            n.as_ref(),
+            &[1, 2, 3, 4, 5, 6, 7, 0xFF, 0xFF, 0xFF, 0xFF, 1]
+        );
+    }
+
+    #[test]
+    fn sealer_refuses_chunks_that_disagree_with_the_header() {
+        let key = ModelKey::from_bytes([3; 32]);
+        let meta = BundleMeta {
+            model_id: "m".into(),
+            version: "v".into(),
+            created: 0,
+        };
+        let digest = PlaintextDigest::of_bytes(&[0; 5000]);
+        let header = BundleHeader::new(&meta, &digest, 4096, key.key_id()).unwrap();
+        let mut sealer = StreamSealer::new(&key, &header).unwrap();
+        assert_eq!(sealer.next_chunk_len(), Some(4096));
+        assert!(matches!(
+            sealer.encrypt_chunk(&mut [0; 4095]),
+            Err(SealError::InputMismatch(_))
+        ));
+        sealer.encrypt_chunk(&mut [0; 4096]).unwrap();
+        assert!(sealer.next_is_final());
+        assert_eq!(sealer.next_chunk_len(), Some(904));
+        sealer.encrypt_chunk(&mut [0; 904]).unwrap();
+        assert_eq!(sealer.next_chunk_len(), None);
+        assert!(matches!(
+            sealer.encrypt_chunk(&mut []),
+            Err(SealError::InputMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn wipe_zeroes() {
+        let mut buf = WipeBuf::new(8);
+        buf.copy_from_slice(b"plaintxt");
+        wipe(&mut buf);
+        assert_eq!(&buf[..], &[0; 8]);
+    }
+}
