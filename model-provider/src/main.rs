@@ -149,6 +149,9 @@ enum Command {
         /// Accept peers admitted on the INSECURE emulated platform.
         #[arg(long)]
         allow_insecure_peers: bool,
+        /// Seconds between fetches of the certifier's revocations.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        revocation_refresh_secs: u64,
         #[command(flatten)]
         keystore: KeystoreArgs,
     },
@@ -354,6 +357,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             platform,
             platform_key,
             allow_insecure_peers,
+            revocation_refresh_secs,
             keystore,
         } => {
             let keystore = keystore.open()?;
@@ -375,6 +379,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 platform,
                 allow_insecure_peers,
                 keystore,
+                revocation_refresh: std::time::Duration::from_secs(revocation_refresh_secs),
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub allow_insecure_peers: bool,
     /// The keystore (already unlocked).
     pub keystore: Keystore,
+    /// How often revocations are fetched again from the certifier.
+    pub revocation_refresh: Duration,
 }
 
 /// Run until stopped.
@@ -60,6 +62,25 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         .await
         .context("fetching the signed policy")?;
     revoked.update_from_policy(&policy);
+    {
+        // Keep revocations current: a measurement revoked at the certifier
+        // stops receiving keys within one refresh interval.
+        let (revoked, client, key, refresh) = (
+            revoked.clone(),
+            client.clone(),
+            anchor.key().clone(),
+            cfg.revocation_refresh,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(refresh).await;
+                match client.policy(&key).await {
+                    Ok(p) => revoked.update_from_policy(&p),
+                    Err(e) => warn!("could not refresh revocations (keeping the last list): {e}"),
+                }
+            }
+        });
+    }
 
     let mut requirement = PeerRequirement::roles([Role::runtime(), Role::device()])?;
     if cfg.allow_insecure_peers {
