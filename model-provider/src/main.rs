@@ -149,6 +149,10 @@ enum Command {
         /// Accept peers admitted on the INSECURE emulated platform.
         #[arg(long)]
         allow_insecure_peers: bool,
+        /// High-assurance mode: each session starts with fresh evidence, bound
+        /// to the TLS session, from both sides.
+        #[arg(long)]
+        fresh_evidence: bool,
         /// Seconds between fetches of the certifier's revocations.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         revocation_refresh_secs: u64,
@@ -358,18 +362,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             platform_key,
             allow_insecure_peers,
             revocation_refresh_secs,
+            fresh_evidence,
             keystore,
         } => {
             let keystore = keystore.open()?;
-            let platform: Box<dyn EvidenceSource> = match platform {
-                PlatformKind::Tsm => Box::new(ConfigfsTsm::new()),
+            let platform: std::sync::Arc<dyn EvidenceSource> = match platform {
+                PlatformKind::Tsm => std::sync::Arc::new(ConfigfsTsm::new()),
                 PlatformKind::InsecureEmulated => {
                     let key = platform_key
                         .context("--platform insecure-emulated needs --platform-key")?;
                     eprintln!(
                         "WARNING: INSECURE emulated platform: evidence from it can be forged"
                     );
-                    Box::new(InsecureEmulatedPlatform::from_key_file(&key)?)
+                    std::sync::Arc::new(InsecureEmulatedPlatform::from_key_file(&key)?)
                 }
             };
             serve::serve(serve::ServeConfig {
@@ -380,6 +385,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 allow_insecure_peers,
                 keystore,
                 revocation_refresh: std::time::Duration::from_secs(revocation_refresh_secs),
+                fresh_evidence,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

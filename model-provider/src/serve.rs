@@ -8,11 +8,16 @@ use anyhow::{Context, Result};
 use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, VerifiedPeer, server_config,
 };
+use attestation::cca::{Curve, PlatformKey};
 use attestation::certifier::client::{Client, unix_now};
+use attestation::certifier::keys::PublicKey;
 use attestation::certifier::keys::SigningKey;
 use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
-use protocol::{ErrorCode, Framed, Limits, Message, ProtocolError};
+use protocol::{
+    ErrorCode, Framed, FreshExchangeError, Limits, Message, ProtocolError, TlsSession,
+    fresh_evidence_exchange,
+};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -29,13 +34,25 @@ pub struct ServeConfig {
     /// The policy certificate (the only trust root).
     pub policy_cert: PathBuf,
     /// Where this provider's evidence comes from.
-    pub platform: Box<dyn EvidenceSource>,
+    pub platform: Arc<dyn EvidenceSource>,
+    /// High-assurance mode: after the hello, both sides exchange fresh
+    /// evidence bound to the TLS session before any key request.
+    pub fresh_evidence: bool,
     /// Accept peers admitted on the INSECURE emulated platform.
     pub allow_insecure_peers: bool,
     /// The keystore (already unlocked).
     pub keystore: Keystore,
     /// How often revocations are fetched again from the certifier.
     pub revocation_refresh: Duration,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Fresh(#[from] FreshExchangeError),
 }
 
 /// Run until stopped.
@@ -54,6 +71,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         .await
         .context("admission as provider was refused")?;
     let identity = Identity::new(cert, auth_pkcs8);
+    let own_spki = auth.public_key().ec_spki_der().context("auth key")?;
 
     // 2. Revocations and platform keys from the signed policy.
     let revoked = RevocationList::new();
@@ -80,6 +98,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                 }
             }
         });
+    }
+
+    // Platform keys for checking peers' fresh evidence.
+    let platform_keys: Arc<Vec<PlatformKey>> = Arc::new(
+        policy
+            .platforms()
+            .iter()
+            .filter_map(|p| match &p.cpak {
+                PublicKey::P256(x) => PlatformKey::from_point(Curve::P256, x).ok(),
+                PublicKey::P384(x) => PlatformKey::from_point(Curve::P384, x).ok(),
+                PublicKey::Rsa { .. } => None,
+            })
+            .collect(),
+    );
+    if cfg.fresh_evidence {
+        info!("high-assurance mode: every session starts with fresh evidence both ways");
     }
 
     let mut requirement = PeerRequirement::roles([Role::runtime(), Role::device()])?;
@@ -110,6 +144,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         let _ = tcp.set_nodelay(true);
         let (acceptor, keystore, policy_key) =
             (acceptor.clone(), keystore.clone(), anchor.key().clone());
+        let fresh = cfg.fresh_evidence.then(|| Fresh {
+            own_spki: own_spki.clone(),
+            platform: cfg.platform.clone(),
+            platform_keys: platform_keys.clone(),
+        });
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -138,6 +177,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                 Framed::with_limits(tls, Limits::default()),
                 &peer,
                 &keystore,
+                fresh.as_ref(),
             )
             .await
             {
@@ -147,15 +187,34 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
 }
 
+/// What high-assurance sessions need.
+struct Fresh {
+    own_spki: Vec<u8>,
+    platform: Arc<dyn EvidenceSource>,
+    platform_keys: Arc<Vec<PlatformKey>>,
+}
+
 async fn session<S>(
     mut framed: Framed<S>,
     peer: &VerifiedPeer,
     keystore: &Keystore,
-) -> Result<(), ProtocolError>
+    fresh: Option<&Fresh>,
+) -> Result<(), SessionError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + TlsSession,
 {
     framed.server_hello().await?;
+    if let Some(f) = fresh {
+        fresh_evidence_exchange(
+            &mut framed,
+            &f.own_spki,
+            f.platform.as_ref(),
+            peer,
+            &f.platform_keys,
+        )
+        .await?;
+        info!(role = %peer.role, measurement = %hex::encode(&peer.measurement), "fresh evidence verified");
+    }
     loop {
         match framed.recv().await? {
             Message::ModelKeyRequest {
@@ -200,7 +259,8 @@ where
                 return Err(ProtocolError::UnexpectedMessage {
                     expected: "ModelKeyRequest",
                     got: other.kind(),
-                });
+                }
+                .into());
             }
         }
     }

@@ -493,3 +493,170 @@ async fn keys_reach_only_the_allowed_role_measurement_and_use() {
         .await
     ));
 }
+
+/// `serve --fresh-evidence`: a peer must prove, on this session, that it
+/// still runs its admitted code before it may ask for a key.
+#[tokio::test]
+async fn fresh_evidence_mode_demands_session_bound_evidence() {
+    use attestation::atls::VerifiedPeer;
+    use attestation::cca::PlatformKey;
+    use attestation::certifier::client::unix_now;
+    use protocol::fresh_evidence_exchange;
+
+    let env = Env::new("fresh");
+    let certifier = certifier_bin();
+    let (pem, cpak) = generate_platform_key_pem(attestation::cca::Curve::P384).unwrap();
+    std::fs::write(env.p("platform.key.pem"), pem).unwrap();
+    ok(run(
+        &certifier,
+        &[
+            "init",
+            "--dir",
+            &env.p("svc"),
+            "--insecure-emulated-platform",
+            &env.p("platform.key.pem"),
+        ],
+    ));
+    std::fs::write(env.p("runtime.img"), b"runtime build 1").unwrap();
+    for (role, bin) in [
+        ("provider", PROVIDER.to_string()),
+        ("runtime", env.p("runtime.img")),
+    ] {
+        ok(run(
+            &certifier,
+            &[
+                "policy",
+                "trust",
+                "--dir",
+                &env.p("svc"),
+                "--role",
+                role,
+                "--binary",
+                &bin,
+            ],
+        ));
+    }
+    let mut c = Command::new(&certifier);
+    c.args(["serve", "--dir", &env.p("svc"), "--listen", "127.0.0.1:0"]);
+    let (_certifier_proc, certifier_addr) = spawn_server(c);
+    let digits: BlobId = seal(
+        &env,
+        "digits",
+        &["--allow-role", "runtime", "--use", "remote-inference"],
+    )
+    .parse()
+    .unwrap();
+
+    let mut p = Command::new(PROVIDER);
+    p.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--certifier",
+        &certifier_addr,
+        "--policy-cert",
+        &env.p("svc/policy_cert.der"),
+    ]);
+    p.args([
+        "--platform",
+        "insecure-emulated",
+        "--platform-key",
+        &env.p("platform.key.pem"),
+        "--allow-insecure-peers",
+        "--fresh-evidence",
+    ]);
+    p.args(env.ks());
+    let (_provider_proc, provider_addr) = spawn_server(p);
+
+    let anchor = PolicyAnchor::from_certificate_der(
+        &std::fs::read(env.dir.join("svc/policy_cert.der")).unwrap(),
+    )
+    .unwrap();
+    let platform = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
+        .unwrap()
+        .measuring(&env.dir.join("runtime.img"))
+        .unwrap();
+    let (key, pkcs8) = SigningKey::generate_p256().unwrap();
+    let cert = Client::new(certifier_addr.clone(), Duration::from_secs(10))
+        .admit(&platform, &key.public_key(), &Role::runtime())
+        .await
+        .unwrap();
+    let identity = Identity::new(cert, pkcs8);
+    let spki = key.public_key().ec_spki_der().unwrap();
+    let connect = || async {
+        let req = PeerRequirement::roles([Role::provider()])
+            .unwrap()
+            .allow_insecure_emulated_platform();
+        let cfg = client_config(&identity, anchor.clone(), req, RevocationList::new()).unwrap();
+        let tls = TlsConnector::from(cfg)
+            .connect(
+                server_name(),
+                TcpStream::connect(&provider_addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+        let peer = VerifiedPeer::from_certificates(
+            tls.get_ref().1.peer_certificates(),
+            anchor.key(),
+            unix_now(),
+        )
+        .unwrap();
+        let mut framed = Framed::new(tls);
+        framed
+            .client_hello("runtime", "provider-test")
+            .await
+            .unwrap();
+        (framed, peer)
+    };
+    let request = Message::ModelKeyRequest {
+        model_id: "digits".into(),
+        bundle_hash: digits.0,
+        usage: KeyUsage::RemoteInference,
+    };
+
+    // With fresh evidence: the provider proves itself too, then releases the key.
+    let (mut framed, provider_peer) = connect().await;
+    let verified = fresh_evidence_exchange(
+        &mut framed,
+        &spki,
+        &platform,
+        &provider_peer,
+        std::slice::from_ref(&cpak),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verified.realm().rim.as_bytes(),
+        provider_peer.measurement.as_slice()
+    );
+    framed.send(&request).await.unwrap();
+    assert!(matches!(
+        framed.recv().await.unwrap(),
+        Message::ModelKeyRelease { .. }
+    ));
+
+    // Skipping it: no key.
+    let (mut framed, _) = connect().await;
+    framed.send(&request).await.unwrap();
+    let answer = framed.recv().await;
+    assert!(
+        !matches!(answer, Ok(Message::ModelKeyRelease { .. })),
+        "{answer:?}"
+    );
+
+    // Answering with evidence from another build (a different RIM): no key.
+    std::fs::write(env.p("rebuilt.img"), b"runtime build 2").unwrap();
+    let rebuilt = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
+        .unwrap()
+        .measuring(&env.dir.join("rebuilt.img"))
+        .unwrap();
+    let (mut framed, provider_peer) = connect().await;
+    let keys: Vec<PlatformKey> = vec![cpak.clone()];
+    let _ = fresh_evidence_exchange(&mut framed, &spki, &rebuilt, &provider_peer, &keys).await;
+    let _ = framed.send(&request).await;
+    let answer = framed.recv().await;
+    assert!(
+        !matches!(answer, Ok(Message::ModelKeyRelease { .. })),
+        "{answer:?}"
+    );
+}
