@@ -26,6 +26,7 @@ const PARSE_CHECKS: &[&str] = &[
     "cbor-nesting-too-deep",
     "cbor-trailing-bytes",
     "cbor-duplicate-key",
+    "cbor-unexpected-tag",
     "cbor-decode",
     "token-too-large",
     "collection-tag",

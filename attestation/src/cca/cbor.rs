@@ -68,6 +68,15 @@ pub enum CborError {
         /// How many bytes follow the item.
         count: usize,
     },
+    /// A tag that has no place at this point of the token (e.g. a bignum
+    /// where the profile wants a plain integer label).
+    #[error("unexpected CBOR tag {tag} at offset {offset}")]
+    UnexpectedTag {
+        /// The tag number.
+        tag: u64,
+        /// Offset of the tag head.
+        offset: usize,
+    },
     /// A map contains the same key twice.
     #[error("CBOR map contains a duplicate key {key}")]
     DuplicateKey {
@@ -79,9 +88,26 @@ pub enum CborError {
     Decode(String),
 }
 
-/// Decode exactly one strict CBOR item from `bytes`.
+/// Decode exactly one strict CBOR item from `bytes` (any tags allowed).
 pub fn decode(bytes: &[u8]) -> Result<Value, CborError> {
-    let end = check_well_formed(bytes)?;
+    decode_inner(bytes, None)
+}
+
+/// Like [`decode`], but only the listed tags may appear anywhere in the item.
+/// Token parsing uses this so that, say, a bignum (tag 2) cannot stand in for
+/// an integer claim label: the decoder would quietly turn it into one.
+pub fn decode_with_tags(bytes: &[u8], allowed: &[u64]) -> Result<Value, CborError> {
+    decode_inner(bytes, Some(allowed))
+}
+
+fn decode_inner(bytes: &[u8], allowed: Option<&[u64]>) -> Result<Value, CborError> {
+    let mut cursor = Cursor {
+        bytes,
+        pos: 0,
+        allowed_tags: allowed,
+    };
+    cursor.item(0)?;
+    let end = cursor.pos;
     if end != bytes.len() {
         return Err(CborError::TrailingBytes {
             count: bytes.len() - end,
@@ -98,7 +124,11 @@ pub fn decode(bytes: &[u8]) -> Result<Value, CborError> {
 ///
 /// This checks structure only (heads, lengths, depth); it does not build values.
 pub fn check_well_formed(bytes: &[u8]) -> Result<usize, CborError> {
-    let mut cursor = Cursor { bytes, pos: 0 };
+    let mut cursor = Cursor {
+        bytes,
+        pos: 0,
+        allowed_tags: None,
+    };
     cursor.item(0)?;
     Ok(cursor.pos)
 }
@@ -106,6 +136,7 @@ pub fn check_well_formed(bytes: &[u8]) -> Result<usize, CborError> {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    allowed_tags: Option<&'a [u64]>,
 }
 
 impl Cursor<'_> {
@@ -181,7 +212,15 @@ impl Cursor<'_> {
                 }
                 Ok(())
             }
-            6 => self.item(depth + 1),
+            6 => {
+                if self
+                    .allowed_tags
+                    .is_some_and(|allowed| !allowed.contains(&arg))
+                {
+                    return Err(CborError::UnexpectedTag { tag: arg, offset });
+                }
+                self.item(depth + 1)
+            }
             _ => match info {
                 // false, true, null, undefined; half/single/double floats.
                 20..=23 | 25..=27 => Ok(()),
@@ -347,6 +386,19 @@ mod tests {
         v.extend([0x19, 0, 5, 0]);
         v[1..3].copy_from_slice(&((n + 1) as u16).to_be_bytes());
         assert!(matches!(decode(&v), Err(CborError::DuplicateKey { .. })));
+    }
+
+    #[test]
+    fn only_listed_tags_when_asked() {
+        // {c2 41 0a: 0} — a bignum 10 as a map key.
+        let bignum_label = [0xa1, 0xc2, 0x41, 0x0a, 0x00];
+        assert!(decode(&bignum_label).is_ok());
+        assert_eq!(
+            decode_with_tags(&bignum_label, &[]),
+            Err(CborError::UnexpectedTag { tag: 2, offset: 1 })
+        );
+        assert!(decode_with_tags(&[0xd2, 0x80], &[18]).is_ok());
+        assert!(decode_with_tags(&[0xd3, 0x80], &[18]).is_err());
     }
 
     #[test]

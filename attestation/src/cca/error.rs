@@ -168,6 +168,7 @@ impl ParseError {
                 CborError::TooDeep { .. } => "cbor-nesting-too-deep",
                 CborError::TrailingBytes { .. } => "cbor-trailing-bytes",
                 CborError::DuplicateKey { .. } => "cbor-duplicate-key",
+                CborError::UnexpectedTag { .. } => "cbor-unexpected-tag",
                 _ => "cbor-decode",
             },
             ParseError::TooLarge { .. } => "token-too-large",

@@ -100,10 +100,18 @@ pub fn parse(bytes: &[u8]) -> Result<CcaToken, ParseError> {
             limit: MAX_TOKEN_SIZE,
         });
     }
-    let top = cbor::decode(bytes).map_err(|source| ParseError::Cbor {
-        part: Part::Collection,
-        source,
-    })?;
+    let top = cbor::decode_with_tags(bytes, &[TAG_CCA_TOKEN_399, TAG_CCA_TOKEN_907]).map_err(
+        |source| match source {
+            // The outermost tag is the envelope: name it as such.
+            cbor::CborError::UnexpectedTag { tag, offset: 0 } => {
+                ParseError::UnknownTag { found: Some(tag) }
+            }
+            source => ParseError::Cbor {
+                part: Part::Collection,
+                source,
+            },
+        },
+    )?;
     let (envelope, inner) = match top {
         Value::Tag(TAG_CCA_TOKEN_399, inner) => (Envelope::Tag399, *inner),
         Value::Tag(TAG_CCA_TOKEN_907, inner) => (Envelope::Tag907, *inner),
@@ -180,7 +188,8 @@ type ClaimsParser<C> = fn(Vec<(Value, Value)>) -> Result<C, ParseError>;
 
 fn signed<C>(part: Part, bytes: &[u8], claims: ClaimsParser<C>) -> Result<Signed<C>, ParseError> {
     let cose_err = |detail: String| ParseError::CoseStructure { part, detail };
-    let value = cbor::decode(bytes).map_err(|source| ParseError::Cbor { part, source })?;
+    let value = cbor::decode_with_tags(bytes, &[coset::iana::CborTag::CoseSign1 as u64])
+        .map_err(|source| ParseError::Cbor { part, source })?;
     let (tagged, value) = match value {
         Value::Tag(tag, inner) if tag == coset::iana::CborTag::CoseSign1 as u64 => (true, *inner),
         Value::Tag(tag, _) => return Err(cose_err(format!("unexpected tag {tag}; expected 18"))),
@@ -194,7 +203,7 @@ fn signed<C>(part: Part, bytes: &[u8], claims: ClaimsParser<C>) -> Result<Signed
         .as_deref()
         .filter(|r| !r.is_empty())
     {
-        cbor::decode(raw).map_err(|source| ParseError::Cbor { part, source })?;
+        cbor::decode_with_tags(raw, &[]).map_err(|source| ParseError::Cbor { part, source })?;
     }
 
     let critical: Vec<String> = sign1
@@ -233,7 +242,8 @@ fn signed<C>(part: Part, bytes: &[u8], claims: ClaimsParser<C>) -> Result<Signed
         .payload
         .as_deref()
         .ok_or(ParseError::MissingPayload { part })?;
-    let claims_value = cbor::decode(payload).map_err(|source| ParseError::Cbor { part, source })?;
+    let claims_value =
+        cbor::decode_with_tags(payload, &[]).map_err(|source| ParseError::Cbor { part, source })?;
     let Value::Map(entries) = claims_value else {
         return Err(cose_err("payload is not a claims map".into()));
     };
@@ -472,7 +482,7 @@ fn parse_rak(claim_bytes: Vec<u8>) -> Result<RealmPublicKey, ParseError> {
             encoding: RakEncoding::RawPoint,
         });
     }
-    let value = cbor::decode(&claim_bytes)
+    let value = cbor::decode_with_tags(&claim_bytes, &[])
         .map_err(|_| ParseError::BadRealmKey("neither a 97-byte SEC1 point nor a COSE_Key"))?;
     let key = CoseKey::from_cbor_value(value)
         .map_err(|_| ParseError::BadRealmKey("malformed COSE_Key"))?;
