@@ -16,6 +16,7 @@ use std::time::Duration;
 use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, client_config, server_name,
 };
+use attestation::cca::PlatformKey;
 use attestation::certifier::client::Client;
 use attestation::certifier::keys::SigningKey;
 use attestation::certifier::policy::Role;
@@ -287,98 +288,114 @@ fn refused(m: &Message) -> bool {
     matches!(m, Message::Error { code: ErrorCode::Refused, message } if message == "key not released")
 }
 
-#[tokio::test]
-async fn keys_reach_only_the_allowed_role_measurement_and_use() {
-    let env = Env::new("serve");
+/// A certifier-service process with an INSECURE emulated platform key and
+/// the given (role, binary) measurements trusted.
+fn start_certifier(env: &Env, trusted: &[(&str, String)]) -> (Proc, String, PlatformKey) {
     let certifier = certifier_bin();
-    let (pem, _) = generate_platform_key_pem(attestation::cca::Curve::P384).unwrap();
+    let (pem, cpak) = generate_platform_key_pem(attestation::cca::Curve::P384).unwrap();
     std::fs::write(env.p("platform.key.pem"), pem).unwrap();
+    let svc = env.p("svc");
     ok(run(
         &certifier,
         &[
             "init",
             "--dir",
-            &env.p("svc"),
+            &svc,
             "--insecure-emulated-platform",
             &env.p("platform.key.pem"),
         ],
     ));
-    std::fs::write(env.p("runtime.img"), b"runtime build 1").unwrap();
-    std::fs::write(env.p("device.img"), b"device build 1").unwrap();
-    std::fs::write(env.p("runtime2.img"), b"runtime build 2").unwrap();
-    for (role, bin) in [
-        ("provider", PROVIDER.to_string()),
-        ("runtime", env.p("runtime.img")),
-        ("runtime", env.p("runtime2.img")),
-        ("device", env.p("device.img")),
-    ] {
+    for (role, bin) in trusted {
         ok(run(
             &certifier,
             &[
-                "policy",
-                "trust",
-                "--dir",
-                &env.p("svc"),
-                "--role",
-                role,
-                "--binary",
-                &bin,
+                "policy", "trust", "--dir", &svc, "--role", role, "--binary", bin,
             ],
         ));
     }
     let mut c = Command::new(&certifier);
-    c.args(["serve", "--dir", &env.p("svc"), "--listen", "127.0.0.1:0"]);
-    let (_certifier_proc, certifier_addr) = spawn_server(c);
+    c.args(["serve", "--dir", &svc, "--listen", "127.0.0.1:0"]);
+    let (proc, addr) = spawn_server(c);
+    (proc, addr, cpak)
+}
 
-    // Two models: one for any runtime, one pinned to runtime build 1.
-    let digits = seal(
-        &env,
-        "digits",
-        &["--allow-role", "runtime", "--use", "remote-inference"],
-    );
-    let runtime1 = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
-        .unwrap()
-        .measuring(&env.dir.join("runtime.img"))
-        .unwrap()
-        .rim()
-        .to_hex();
-    let pinned = seal(
-        &env,
-        "pinned",
-        &[
-            "--allow-role",
-            "runtime",
-            "--allow-measurement",
-            &runtime1,
-            "--use",
-            "remote-inference",
-        ],
-    );
-
+/// A `model-provider serve` process (emulated platform, emulated peers allowed).
+fn start_provider(env: &Env, certifier_addr: &str, extra: &[&str]) -> (Proc, String) {
     let mut p = Command::new(PROVIDER);
     p.args([
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--certifier",
-        &certifier_addr,
-        "--policy-cert",
-        &env.p("svc/policy_cert.der"),
+        certifier_addr,
     ]);
     p.args([
+        "--policy-cert",
+        &env.p("svc/policy_cert.der"),
         "--platform",
         "insecure-emulated",
+    ]);
+    p.args([
         "--platform-key",
         &env.p("platform.key.pem"),
         "--allow-insecure-peers",
     ]);
-    p.args(env.ks());
-    let (_provider_proc, provider_addr) = spawn_server(p);
+    p.args(extra).args(env.ks());
+    spawn_server(p)
+}
 
-    let anchor = PolicyAnchor::from_certificate_der(
-        &std::fs::read(env.dir.join("svc/policy_cert.der")).unwrap(),
+fn anchor(env: &Env) -> PolicyAnchor {
+    PolicyAnchor::from_certificate_der(&std::fs::read(env.dir.join("svc/policy_cert.der")).unwrap())
+        .unwrap()
+}
+
+/// An emulated platform measuring the file `image` in the test directory.
+fn platform_for(env: &Env, image: &str) -> InsecureEmulatedPlatform {
+    InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
+        .unwrap()
+        .measuring(&env.dir.join(image))
+        .unwrap()
+}
+
+/// An image file whose SHA-512 is a party's measurement; returns its path.
+fn image(env: &Env, name: &str, content: &[u8]) -> String {
+    std::fs::write(env.dir.join(name), content).unwrap();
+    env.p(name)
+}
+
+#[tokio::test]
+async fn keys_reach_only_the_allowed_role_measurement_and_use() {
+    let env = Env::new("serve");
+    let trusted = [
+        ("provider", PROVIDER.to_string()),
+        ("runtime", image(&env, "runtime.img", b"runtime build 1")),
+        ("runtime", image(&env, "runtime2.img", b"runtime build 2")),
+        ("device", image(&env, "device.img", b"device build 1")),
+    ];
+    let (_certifier, certifier_addr, _) = start_certifier(&env, &trusted);
+
+    // Two models: one for any runtime, one pinned to runtime build 1.
+    let digits: BlobId = seal(
+        &env,
+        "digits",
+        &["--allow-role", "runtime", "--use", "remote-inference"],
     )
+    .parse()
     .unwrap();
+    let runtime1 = platform_for(&env, "runtime.img").rim().to_hex();
+    let pinned_args = [
+        "--allow-role",
+        "runtime",
+        "--allow-measurement",
+        &runtime1,
+        "--use",
+        "remote-inference",
+    ];
+    let pinned: BlobId = seal(&env, "pinned", &pinned_args).parse().unwrap();
+    let (_provider, provider_addr) =
+        start_provider(&env, &certifier_addr, &["--revocation-refresh-secs", "1"]);
+
+    let anchor = anchor(&env);
     let pk = env.dir.join("platform.key.pem");
     let runtime = admitted_identity(
         &certifier_addr,
@@ -401,97 +418,112 @@ async fn keys_reach_only_the_allowed_role_measurement_and_use() {
         Role::device(),
     )
     .await;
-    let digits_id: BlobId = digits.parse().unwrap();
-    let pinned_id: BlobId = pinned.parse().unwrap();
+    let ask = |who, model: &'static str, bundle, usage| {
+        ask(&provider_addr, &anchor, who, model, bundle, usage)
+    };
 
     // The allowed runtime gets the key, and it opens the stored bundle.
-    let reply = ask(
-        &provider_addr,
-        &anchor,
-        &runtime,
-        "digits",
-        &digits_id,
-        KeyUsage::RemoteInference,
-    )
-    .await;
+    let reply = ask(&runtime, "digits", &digits, KeyUsage::RemoteInference).await;
     let Message::ModelKeyRelease { key, .. } = reply else {
         panic!("expected a key, got {}", reply.kind())
     };
     let key = ModelKey::from_slice(key.expose()).unwrap();
     let store = LocalStore::open(&env.dir.join("blobs")).unwrap();
-    let sealed = store.get_bytes(&digits_id, 1 << 20).await.unwrap();
+    let sealed = store.get_bytes(&digits, 1 << 20).await.unwrap();
     let (plain, _) = open_to_vec(sealed.as_slice(), &key, 1 << 20).unwrap();
     assert_eq!(plain, std::fs::read(model()).unwrap());
 
-    // Wrong role, wrong use, wrong measurement, unknown model, wrong bundle:
+    // Wrong role, wrong use, wrong measurement, unknown model, stale bundle:
     // all refused with the same words.
     assert!(refused(
-        &ask(
-            &provider_addr,
-            &anchor,
-            &device,
-            "digits",
-            &digits_id,
-            KeyUsage::RemoteInference
-        )
-        .await
+        &ask(&device, "digits", &digits, KeyUsage::RemoteInference).await
     ));
     assert!(refused(
-        &ask(
-            &provider_addr,
-            &anchor,
-            &runtime,
-            "digits",
-            &digits_id,
-            KeyUsage::OnDevice
-        )
-        .await
+        &ask(&runtime, "digits", &digits, KeyUsage::OnDevice).await
     ));
     assert!(refused(
-        &ask(
-            &provider_addr,
-            &anchor,
-            &runtime2,
-            "pinned",
-            &pinned_id,
-            KeyUsage::RemoteInference
-        )
-        .await
+        &ask(&runtime2, "pinned", &pinned, KeyUsage::RemoteInference).await
     ));
     assert!(matches!(
-        ask(
-            &provider_addr,
-            &anchor,
-            &runtime,
-            "pinned",
-            &pinned_id,
-            KeyUsage::RemoteInference
-        )
-        .await,
+        ask(&runtime, "pinned", &pinned, KeyUsage::RemoteInference).await,
         Message::ModelKeyRelease { .. }
     ));
     assert!(refused(
         &ask(
-            &provider_addr,
-            &anchor,
             &runtime,
             "no-such-model",
-            &digits_id,
+            &digits,
             KeyUsage::RemoteInference
         )
         .await
     ));
     assert!(refused(
-        &ask(
-            &provider_addr,
-            &anchor,
-            &runtime,
-            "digits",
-            &pinned_id,
-            KeyUsage::RemoteInference
-        )
-        .await
+        &ask(&runtime, "digits", &pinned, KeyUsage::RemoteInference).await
     ));
+
+    // Revoked at the certifier: the provider stops releasing within its
+    // refresh interval (1 s here); the handshake itself is refused.
+    ok(run(
+        &certifier_bin(),
+        &[
+            "policy",
+            "revoke",
+            "--dir",
+            &env.p("svc"),
+            "--measurement",
+            &runtime1,
+        ],
+    ));
+    let mut released = true;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        released = key_released(&provider_addr, &anchor, &runtime, "digits", &digits).await;
+        if !released {
+            break;
+        }
+    }
+    assert!(
+        !released,
+        "the revoked runtime still received keys after 10 s"
+    );
+    // The other runtime build is unaffected.
+    assert!(key_released(&provider_addr, &anchor, &runtime2, "digits", &digits).await);
+}
+
+/// Whether a request completes with a key (false on any refusal, including
+/// a refused handshake).
+async fn key_released(
+    provider: &str,
+    anchor: &PolicyAnchor,
+    who: &Identity,
+    model_id: &str,
+    bundle: &BlobId,
+) -> bool {
+    let req = PeerRequirement::roles([Role::provider()])
+        .unwrap()
+        .allow_insecure_emulated_platform();
+    let cfg = client_config(who, anchor.clone(), req, RevocationList::new()).unwrap();
+    let Ok(tls) = TlsConnector::from(cfg)
+        .connect(server_name(), TcpStream::connect(provider).await.unwrap())
+        .await
+    else {
+        return false;
+    };
+    let mut framed = Framed::new(tls);
+    if framed
+        .client_hello("runtime", "provider-test")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let request = Message::ModelKeyRequest {
+        model_id: model_id.into(),
+        bundle_hash: bundle.0,
+        usage: KeyUsage::RemoteInference,
+    };
+    framed.send(&request).await.is_ok()
+        && matches!(framed.recv().await, Ok(Message::ModelKeyRelease { .. }))
 }
 
 /// `serve --fresh-evidence`: a peer must prove, on this session, that it
@@ -499,46 +531,15 @@ async fn keys_reach_only_the_allowed_role_measurement_and_use() {
 #[tokio::test]
 async fn fresh_evidence_mode_demands_session_bound_evidence() {
     use attestation::atls::VerifiedPeer;
-    use attestation::cca::PlatformKey;
     use attestation::certifier::client::unix_now;
     use protocol::fresh_evidence_exchange;
 
     let env = Env::new("fresh");
-    let certifier = certifier_bin();
-    let (pem, cpak) = generate_platform_key_pem(attestation::cca::Curve::P384).unwrap();
-    std::fs::write(env.p("platform.key.pem"), pem).unwrap();
-    ok(run(
-        &certifier,
-        &[
-            "init",
-            "--dir",
-            &env.p("svc"),
-            "--insecure-emulated-platform",
-            &env.p("platform.key.pem"),
-        ],
-    ));
-    std::fs::write(env.p("runtime.img"), b"runtime build 1").unwrap();
-    for (role, bin) in [
+    let trusted = [
         ("provider", PROVIDER.to_string()),
-        ("runtime", env.p("runtime.img")),
-    ] {
-        ok(run(
-            &certifier,
-            &[
-                "policy",
-                "trust",
-                "--dir",
-                &env.p("svc"),
-                "--role",
-                role,
-                "--binary",
-                &bin,
-            ],
-        ));
-    }
-    let mut c = Command::new(&certifier);
-    c.args(["serve", "--dir", &env.p("svc"), "--listen", "127.0.0.1:0"]);
-    let (_certifier_proc, certifier_addr) = spawn_server(c);
+        ("runtime", image(&env, "runtime.img", b"runtime build 1")),
+    ];
+    let (_certifier, certifier_addr, cpak) = start_certifier(&env, &trusted);
     let digits: BlobId = seal(
         &env,
         "digits",
@@ -546,36 +547,10 @@ async fn fresh_evidence_mode_demands_session_bound_evidence() {
     )
     .parse()
     .unwrap();
+    let (_provider, provider_addr) = start_provider(&env, &certifier_addr, &["--fresh-evidence"]);
 
-    let mut p = Command::new(PROVIDER);
-    p.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--certifier",
-        &certifier_addr,
-        "--policy-cert",
-        &env.p("svc/policy_cert.der"),
-    ]);
-    p.args([
-        "--platform",
-        "insecure-emulated",
-        "--platform-key",
-        &env.p("platform.key.pem"),
-        "--allow-insecure-peers",
-        "--fresh-evidence",
-    ]);
-    p.args(env.ks());
-    let (_provider_proc, provider_addr) = spawn_server(p);
-
-    let anchor = PolicyAnchor::from_certificate_der(
-        &std::fs::read(env.dir.join("svc/policy_cert.der")).unwrap(),
-    )
-    .unwrap();
-    let platform = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
-        .unwrap()
-        .measuring(&env.dir.join("runtime.img"))
-        .unwrap();
+    let anchor = anchor(&env);
+    let platform = platform_for(&env, "runtime.img");
     let (key, pkcs8) = SigningKey::generate_p256().unwrap();
     let cert = Client::new(certifier_addr.clone(), Duration::from_secs(10))
         .admit(&platform, &key.public_key(), &Role::runtime())
@@ -613,18 +588,14 @@ async fn fresh_evidence_mode_demands_session_bound_evidence() {
         bundle_hash: digits.0,
         usage: KeyUsage::RemoteInference,
     };
+    let platforms = std::slice::from_ref(&cpak);
 
     // With fresh evidence: the provider proves itself too, then releases the key.
     let (mut framed, provider_peer) = connect().await;
-    let verified = fresh_evidence_exchange(
-        &mut framed,
-        &spki,
-        &platform,
-        &provider_peer,
-        std::slice::from_ref(&cpak),
-    )
-    .await
-    .unwrap();
+    let verified =
+        fresh_evidence_exchange(&mut framed, &spki, &platform, &provider_peer, platforms)
+            .await
+            .unwrap();
     assert_eq!(
         verified.realm().rim.as_bytes(),
         provider_peer.measurement.as_slice()
@@ -645,14 +616,10 @@ async fn fresh_evidence_mode_demands_session_bound_evidence() {
     );
 
     // Answering with evidence from another build (a different RIM): no key.
-    std::fs::write(env.p("rebuilt.img"), b"runtime build 2").unwrap();
-    let rebuilt = InsecureEmulatedPlatform::from_key_file(&env.dir.join("platform.key.pem"))
-        .unwrap()
-        .measuring(&env.dir.join("rebuilt.img"))
-        .unwrap();
+    image(&env, "rebuilt.img", b"runtime build 2");
+    let rebuilt = platform_for(&env, "rebuilt.img");
     let (mut framed, provider_peer) = connect().await;
-    let keys: Vec<PlatformKey> = vec![cpak.clone()];
-    let _ = fresh_evidence_exchange(&mut framed, &spki, &rebuilt, &provider_peer, &keys).await;
+    let _ = fresh_evidence_exchange(&mut framed, &spki, &rebuilt, &provider_peer, platforms).await;
     let _ = framed.send(&request).await;
     let answer = framed.recv().await;
     assert!(
