@@ -509,3 +509,62 @@ fn cli_reports_what_to_do() {
         "init never overwrites a policy key"
     );
 }
+
+/// `attest admit`, the command-line client, against the real service.
+#[test]
+fn attest_admit_writes_an_identity_or_says_why_not() {
+    let attest = std::path::Path::new(BIN).with_file_name("attest");
+    assert!(
+        attest.exists(),
+        "build attest first (cargo test --workspace does)"
+    );
+    let w = World::new("admit-cli");
+    let image = w.binary("realm-runtime", "runtime build 1");
+    assert!(w.trust("runtime", &image).status.success());
+    let server = start(&w.svc, &[]);
+    let out_dir = w.dir.join("identity");
+    let args = |role: &str| {
+        vec![
+            "admit".to_string(),
+            "--certifier".into(),
+            server.addr.clone(),
+            "--role".into(),
+            role.into(),
+            "--platform".into(),
+            "insecure-emulated".into(),
+            "--platform-key".into(),
+            w.platform_key.display().to_string(),
+            "--measure".into(),
+            image.display().to_string(),
+            "--out-dir".into(),
+            out_dir.display().to_string(),
+        ]
+    };
+    let out = Command::new(&attest)
+        .args(args("runtime"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = std::fs::read(out_dir.join("admission.der")).unwrap();
+    let claims = verify_admission_certificate(&cert, &w.policy_key(), unix_now()).unwrap();
+    assert_eq!(claims.role, Role::runtime());
+    let key_pem = std::fs::read_to_string(out_dir.join("auth.key.pem")).unwrap();
+    let key = SigningKey::from_pkcs8(pem::parse(key_pem).unwrap().contents()).unwrap();
+    assert_eq!(
+        key.public_key(),
+        claims.auth_key,
+        "the certificate is for the written key"
+    );
+
+    let out = Command::new(&attest).args(args("device")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("REFUSED (measurement-wrong-role)") && err.contains("role device"),
+        "{err}"
+    );
+}

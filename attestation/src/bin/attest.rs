@@ -34,6 +34,8 @@ Examples:
   attest emulate --platform-key cpak.key.pem --challenge $(head -c64 /dev/urandom | xxd -p -c64) \\
       --out token.cbor
   attest measure ./target/release/realm-runtime
+  attest admit --certifier 127.0.0.1:8123 --role runtime --platform insecure-emulated \
+      --platform-key cpak.key.pem --out-dir runtime-identity
   attest certifier decode --message signed_claim_message \
       attestation/testdata/certifier/signed_claim_1_policy_says_measurement.signed_claim_message.bin
 
@@ -74,6 +76,9 @@ enum Command {
         #[arg(long, default_value = ConfigfsTsm::DEFAULT_ROOT)]
         tsm_root: PathBuf,
     },
+    /// Get admitted by a certifier service: new TLS auth key, fresh evidence,
+    /// admission certificate.
+    Admit(AdmitArgs),
     /// Walk through the evidence layer on bundled and emulated tokens.
     Demo,
     /// Certifier Framework messages.
@@ -138,6 +143,36 @@ struct EmulateArgs {
     /// Realm personalization value, 128 hex digits [default: zeros].
     #[arg(long)]
     personalization: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct AdmitArgs {
+    /// Certifier service address (host:port).
+    #[arg(long)]
+    certifier: String,
+    /// Role to ask for: runtime, device, provider or a custom role.
+    #[arg(long)]
+    role: String,
+    /// Evidence source.
+    #[arg(long, value_enum)]
+    platform: PlatformArg,
+    /// Emulated platform private key (with --platform insecure-emulated).
+    #[arg(long)]
+    platform_key: Option<PathBuf>,
+    /// File the emulated platform measures [default: this attest binary].
+    #[arg(long)]
+    measure: Option<PathBuf>,
+    /// Directory for auth.key.pem (mode 0600) and admission.der.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum PlatformArg {
+    /// configfs-tsm in a Linux CCA realm.
+    Tsm,
+    /// The INSECURE emulated platform.
+    InsecureEmulated,
 }
 
 #[derive(Subcommand, Debug)]
@@ -285,6 +320,7 @@ fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admit(args) => admit(args),
         Command::Demo => demo(),
         Command::Certifier(CertifierCommand::Decode { message, file }) => {
             let bytes =
@@ -399,6 +435,64 @@ fn emulate(args: EmulateArgs) -> Result<ExitCode> {
         platform.rim().to_hex()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn admit(args: AdmitArgs) -> Result<ExitCode> {
+    use attestation::certifier::client::{Client, ClientError};
+    use attestation::certifier::keys::SigningKey;
+    use attestation::certifier::policy::Role;
+
+    let role = Role::new(&args.role)?;
+    let platform: Box<dyn EvidenceSource> = match args.platform {
+        PlatformArg::Tsm => Box::new(ConfigfsTsm::new()),
+        PlatformArg::InsecureEmulated => {
+            let key = args
+                .platform_key
+                .as_deref()
+                .context("--platform insecure-emulated needs --platform-key")?;
+            let mut p = InsecureEmulatedPlatform::from_key_file(key)?;
+            if let Some(path) = &args.measure {
+                p = p.measuring(path)?;
+            }
+            eprintln!(
+                "WARNING: INSECURE emulated platform (RIM {})",
+                p.rim().to_hex()
+            );
+            Box::new(p)
+        }
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let (auth, pkcs8) = SigningKey::generate_p256().context("generating the auth key")?;
+    let client = Client::new(args.certifier.clone(), std::time::Duration::from_secs(15));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(client.admit(platform.as_ref(), &auth.public_key(), &role)) {
+        Ok(cert) => {
+            let key_path = args.out_dir.join("auth.key.pem");
+            let _ = std::fs::remove_file(&key_path);
+            let pem = pem::encode_config(
+                &pem::Pem::new("PRIVATE KEY", pkcs8),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            );
+            write_private(&key_path, pem.as_bytes())?;
+            let cert_path = args.out_dir.join("admission.der");
+            std::fs::write(&cert_path, &cert)
+                .with_context(|| format!("writing {}", cert_path.display()))?;
+            println!(
+                "admitted as {role}: {} (certificate), {} (auth key)",
+                cert_path.display(),
+                key_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused { code, reason }) => {
+            eprintln!("REFUSED ({code}): {reason}");
+            Ok(ExitCode::from(REJECTED))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 const DEMO_TOKEN: &[u8] = include_bytes!("../../testdata/cca/real/tfrmm_cca_token.cbor");
