@@ -7,11 +7,13 @@
 //! Must never: accept a peer by DNS name or a web PKI root, resume a session,
 //! accept 0-RTT data, or build a verifier that accepts any role.
 
+mod admitted;
 mod config;
 pub mod fresh;
 mod peer;
 mod verifier;
 
+pub use admitted::{AdmitError, Admitted};
 pub use config::{Identity, SERVER_NAME, client_config, provider, server_config, server_name};
 pub use peer::VerifiedPeer;
 pub use verifier::{

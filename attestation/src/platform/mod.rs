@@ -38,3 +38,38 @@ pub trait EvidenceSource: Send + Sync + std::fmt::Debug {
     /// A token whose realm challenge (claim 10) is `challenge`.
     fn attestation_token(&self, challenge: &Challenge) -> Result<Vec<u8>, PlatformError>;
 }
+
+/// Which evidence source a binary uses (its `--platform` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// configfs-tsm in a Linux CCA realm (`/sys/kernel/config/tsm/report`).
+    Tsm,
+    /// INSECURE emulated platform (tests, laptops): tokens signed with a
+    /// platform key from a file; RIM = SHA-512 of the running binary.
+    InsecureEmulated,
+}
+
+impl Backend {
+    /// Open the chosen source. The emulated one needs its platform key file
+    /// and announces itself as INSECURE on stderr, whatever the log level.
+    pub fn open(
+        self,
+        emulated_platform_key: Option<&std::path::Path>,
+    ) -> Result<std::sync::Arc<dyn EvidenceSource>, PlatformError> {
+        match self {
+            Backend::Tsm => Ok(std::sync::Arc::new(ConfigfsTsm::new())),
+            Backend::InsecureEmulated => {
+                let key = emulated_platform_key.ok_or_else(|| PlatformError::Key {
+                    path: "(none)".into(),
+                    detail: "--platform insecure-emulated needs --platform-key FILE \
+                             (create one with `attest platform-key generate`)"
+                        .into(),
+                })?;
+                eprintln!("WARNING: INSECURE emulated platform: evidence from it can be forged");
+                Ok(std::sync::Arc::new(
+                    danger::InsecureEmulatedPlatform::from_key_file(key)?,
+                ))
+            }
+        }
+    }
+}
