@@ -37,7 +37,8 @@ pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, HEADER_LEN, encode_frame};
 pub use framed::{Framed, Limits, PeerHello};
 pub use fresh::{FreshExchangeError, TlsSession, fresh_evidence_exchange};
 pub use message::{
-    ErrorCode, InferenceOutput, KeyUsage, MAX_REMOTE_MESSAGE, Message, PROTOCOL_VERSION,
+    ErrorCode, InferenceOutput, KeyUsage, MAX_REMOTE_MESSAGE, Message, OutputPolicy,
+    PROTOCOL_VERSION, QueryBudget, ServingPolicy,
 };
 pub use secret::SecretBytes;
 pub use tensor::{Tensor, TensorData};

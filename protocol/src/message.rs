@@ -1,6 +1,7 @@
 //! The [`Message`] enum every binary speaks, and its postcard encoding.
 //!
-//! **Wire compatibility.** postcard encodes an enum variant by its index, so
+//! **Wire compatibility.** From the first release on (version 1 is not
+//! released yet and still changes), postcard encodes an enum variant by its index, so
 //! the order of variants *is* the wire format. Only ever append variants;
 //! never reorder, remove, or change the fields of an existing one. `Hello`,
 //! `HelloAck` and `Error` in particular must stay decodable by every version,
@@ -42,6 +43,50 @@ pub enum InferenceOutput {
     TopK(Vec<(u32, f32)>),
     /// Only the winning class index.
     Label(u32),
+}
+
+/// What a runtime may return from a model: set per model by the provider
+/// and delivered with its key, so the runtime cannot be configured to leak
+/// more than the model's owner allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputPolicy {
+    /// All class scores.
+    Scores,
+    /// The best `k` classes with their scores.
+    TopK(u32),
+    /// Only the winning class (the least a client can learn per query).
+    Label,
+}
+
+/// How many queries one device may make per time window (limits model
+/// extraction and membership inference by repeated querying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueryBudget {
+    /// Queries allowed per window.
+    pub queries: u32,
+    /// Window length in seconds.
+    pub window_secs: u32,
+}
+
+/// The provider's terms for serving a model, sent with its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServingPolicy {
+    /// What a response may contain.
+    pub output: OutputPolicy,
+    /// Per-device query budget; `None`: unlimited.
+    #[serde(default)]
+    pub budget: Option<QueryBudget>,
+}
+
+impl Default for ServingPolicy {
+    /// Label only, no budget: the least a response can reveal.
+    fn default() -> Self {
+        Self {
+            output: OutputPolicy::Label,
+            budget: None,
+        }
+    }
 }
 
 /// Why a peer refused or failed a request (carried in [`Message::Error`]).
@@ -99,6 +144,8 @@ pub enum Message {
         key_id: [u8; 16],
         /// The data-encryption key (redacted in `Debug`, wiped on drop).
         key: SecretBytes,
+        /// What a runtime may return from this model, and how often.
+        serving: ServingPolicy,
     },
     /// A new sealed model bundle is available in the blob store.
     SealedModelAnnouncement {

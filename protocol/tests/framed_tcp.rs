@@ -8,8 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use protocol::{
-    ErrorCode, Framed, Limits, Message, PROTOCOL_VERSION, ProtocolError, SecretBytes, Tensor,
-    TensorData,
+    ErrorCode, Framed, Limits, Message, PROTOCOL_VERSION, ProtocolError, SecretBytes,
+    ServingPolicy, Tensor, TensorData,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,6 +61,7 @@ async fn send_and_recv_both_ways() {
             model_id: "digits".into(),
             key_id: [1; 16],
             key: SecretBytes::new(vec![9; 32]),
+            serving: ServingPolicy::default(),
         };
         client.send(&request).await.unwrap();
         client.send(&key).await.unwrap();

@@ -2,8 +2,8 @@
 //! truncation, and forged lengths.
 
 use protocol::{
-    ErrorCode, InferenceOutput, KeyUsage, Message, PROTOCOL_VERSION, ProtocolError, SecretBytes,
-    Tensor, TensorData,
+    ErrorCode, InferenceOutput, KeyUsage, Message, OutputPolicy, PROTOCOL_VERSION, ProtocolError,
+    QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData,
 };
 
 /// One value of every variant (and every inner enum variant).
@@ -36,6 +36,13 @@ fn samples() -> Vec<Message> {
             model_id: "digits".into(),
             key_id: [7; 16],
             key: SecretBytes::new((0..32).collect()),
+            serving: ServingPolicy {
+                output: OutputPolicy::TopK(3),
+                budget: Some(QueryBudget {
+                    queries: 100,
+                    window_secs: 60,
+                }),
+            },
         },
         Message::SealedModelAnnouncement {
             model_id: "digits".into(),
@@ -290,6 +297,7 @@ fn secret_is_redacted_in_message_debug() {
         model_id: "digits".into(),
         key_id: [0; 16],
         key: SecretBytes::new(vec![0x42; 32]),
+        serving: ServingPolicy::default(),
     };
     let debug = format!("{msg:?}");
     assert!(

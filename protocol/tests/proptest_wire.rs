@@ -3,8 +3,8 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use protocol::{
-    ErrorCode, FrameDecoder, HEADER_LEN, InferenceOutput, KeyUsage, Message, SecretBytes, Tensor,
-    TensorData, encode_frame,
+    ErrorCode, FrameDecoder, HEADER_LEN, InferenceOutput, KeyUsage, Message, OutputPolicy,
+    QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData, encode_frame,
 };
 
 /// Feed `chunks` to `decoder` the way a reader would; returns the frames and
@@ -94,13 +94,31 @@ fn message() -> impl Strategy<Value = Message> {
                 usage,
             }
         }),
-        (text(), any::<[u8; 16]>(), vec(any::<u8>(), 0..48)).prop_map(|(model_id, key_id, key)| {
-            Message::ModelKeyRelease {
-                model_id,
-                key_id,
-                key: SecretBytes::new(key),
-            }
-        }),
+        (
+            text(),
+            any::<[u8; 16]>(),
+            vec(any::<u8>(), 0..48),
+            any::<u32>(),
+            proptest::option::of((any::<u32>(), any::<u32>()))
+        )
+            .prop_map(|(model_id, key_id, key, k, budget)| {
+                Message::ModelKeyRelease {
+                    model_id,
+                    key_id,
+                    key: SecretBytes::new(key),
+                    serving: ServingPolicy {
+                        output: match k % 3 {
+                            0 => OutputPolicy::Scores,
+                            1 => OutputPolicy::Label,
+                            _ => OutputPolicy::TopK(k),
+                        },
+                        budget: budget.map(|(queries, window_secs)| QueryBudget {
+                            queries,
+                            window_secs,
+                        }),
+                    },
+                }
+            }),
         (text(), text(), any::<[u8; 32]>(), any::<u64>()).prop_map(
             |(model_id, version, bundle_hash, size)| Message::SealedModelAnnouncement {
                 model_id,
