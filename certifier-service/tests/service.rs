@@ -3,10 +3,10 @@
 //! library's platform, and real clients. Every bad input gets its own
 //! rejection and the service keeps serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use attestation::cca::Curve;
@@ -19,80 +19,45 @@ use attestation::certifier::proto::{TrustRequestMessage, TrustResponseMessage};
 use attestation::platform::EvidenceSource;
 use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
 use prost::Message;
+use testkit::{Proc, TestDir, ok, run, spawn_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_certifier-service");
 
-struct Server {
-    child: Child,
-    addr: String,
+/// `certifier-service serve` on `svc`; the process and its address.
+fn start(svc: &str, extra: &[&str]) -> (Proc, String) {
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--dir", svc, "--listen", "127.0.0.1:0"])
+        .args(extra);
+    spawn_server(c)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn cli(args: &[&str]) -> Output {
+    run(Path::new(BIN), args)
 }
 
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(
-        line.contains("listening on"),
-        "unexpected first line {line:?}"
-    );
-    Server { child, addr }
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
+/// A test directory with an INSECURE emulated platform key and an
+/// initialised (not yet serving) service dir.
 struct World {
-    dir: PathBuf,
-    svc: PathBuf,
+    dir: TestDir,
+    svc: String,
     platform_key: PathBuf,
 }
 
 impl World {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("certsvc-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("certsvc", name);
         let (pem, _) = generate_platform_key_pem(Curve::P384).unwrap();
-        let platform_key = dir.join("platform.key.pem");
+        let platform_key = dir.path().join("platform.key.pem");
         std::fs::write(&platform_key, pem).unwrap();
-        let svc = dir.join("svc");
-        let out = cli(&[
+        let svc = dir.p("svc");
+        let out = ok(cli(&[
             "init",
             "--dir",
-            svc.to_str().unwrap(),
+            &svc,
             "--insecure-emulated-platform",
             platform_key.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("INSECURE"));
+        ]));
+        assert!(out.contains("INSECURE"));
         World {
             dir,
             svc,
@@ -101,43 +66,28 @@ impl World {
     }
 
     /// A "binary" for a party; its SHA-512 is the party's RIM.
-    fn binary(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, content).unwrap();
-        p
+    fn binary(&self, name: &str, content: &str) -> String {
+        self.dir.image(name, content.as_bytes())
     }
 
-    fn trust(&self, role: &str, binary: &Path) -> std::process::Output {
+    fn trust(&self, role: &str, binary: &str) -> Output {
         cli(&[
-            "policy",
-            "trust",
-            "--dir",
-            self.svc.to_str().unwrap(),
-            "--role",
-            role,
-            "--binary",
-            binary.to_str().unwrap(),
+            "policy", "trust", "--dir", &self.svc, "--role", role, "--binary", binary,
         ])
     }
 
-    fn party(&self, binary: &Path) -> InsecureEmulatedPlatform {
+    fn party(&self, binary: &str) -> InsecureEmulatedPlatform {
         InsecureEmulatedPlatform::from_key_file(&self.platform_key)
             .unwrap()
-            .measuring(binary)
+            .measuring(Path::new(binary))
             .unwrap()
     }
 
     fn policy_key(&self) -> PublicKey {
-        let pem = std::fs::read_to_string(self.svc.join("policy_key.pem")).unwrap();
+        let pem = std::fs::read_to_string(Path::new(&self.svc).join("policy_key.pem")).unwrap();
         SigningKey::from_pkcs8(pem::parse(pem).unwrap().contents())
             .unwrap()
             .public_key()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -152,8 +102,8 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn client(s: &Server) -> Client {
-    Client::new(s.addr.clone(), Duration::from_secs(10))
+fn client(addr: &str) -> Client {
+    Client::new(addr, Duration::from_secs(10))
 }
 
 fn refused_code(r: Result<Vec<u8>, ClientError>) -> (String, String) {
@@ -177,8 +127,8 @@ fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
     ] {
         assert!(w.trust(role, bin).status.success());
     }
-    let server = start(&w.svc, &[]);
-    let c = client(&server);
+    let (server, addr) = start(&w.svc, &[]);
+    let c = client(&addr);
     let rt = rt();
     let policy_key = w.policy_key();
 
@@ -241,7 +191,7 @@ fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
         "policy",
         "revoke",
         "--dir",
-        w.svc.to_str().unwrap(),
+        &w.svc,
         "--measurement",
         &hexm,
         "--reason",
@@ -262,7 +212,7 @@ fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
 
     // The audit log has one parseable line per decision.
     drop(server);
-    let log = std::fs::read_to_string(w.svc.join("audit.log")).unwrap();
+    let log = std::fs::read_to_string(Path::new(&w.svc).join("audit.log")).unwrap();
     let records: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -284,8 +234,8 @@ fn evidence_attacks_are_refused_for_the_right_reason() {
     let w = World::new("attacks");
     let bin = w.binary("realm-runtime", "runtime");
     assert!(w.trust("runtime", &bin).status.success());
-    let server = start(&w.svc, &[]);
-    let c = client(&server);
+    let (_server, addr) = start(&w.svc, &[]);
+    let c = client(&addr);
     let rt = rt();
     let party = w.party(&bin);
     let role = Role::runtime();
@@ -320,7 +270,7 @@ fn evidence_attacks_are_refused_for_the_right_reason() {
     assert_eq!(code, "realm-challenge");
 
     // A platform key the policy does not trust.
-    let other_key = w.dir.join("other.key.pem");
+    let other_key = w.dir.path().join("other.key.pem");
     std::fs::write(
         &other_key,
         generate_platform_key_pem(Curve::P384).unwrap().0,
@@ -328,7 +278,7 @@ fn evidence_attacks_are_refused_for_the_right_reason() {
     .unwrap();
     let stranger = InsecureEmulatedPlatform::from_key_file(&other_key)
         .unwrap()
-        .measuring(&bin)
+        .measuring(Path::new(&bin))
         .unwrap();
     let (code, _) = refused_code(rt.block_on(c.admit(&stranger, &key, &role)));
     assert_eq!(code, "untrusted-platform");
@@ -359,8 +309,8 @@ fn expired_nonces_are_refused() {
     let w = World::new("expiry");
     let bin = w.binary("realm-runtime", "runtime");
     assert!(w.trust("runtime", &bin).status.success());
-    let server = start(&w.svc, &["--nonce-ttl-secs", "1"]);
-    let c = client(&server);
+    let (_server, addr) = start(&w.svc, &["--nonce-ttl-secs", "1"]);
+    let c = client(&addr);
     let rt = rt();
     let key = auth_key();
     let n = rt.block_on(c.nonce()).unwrap();
@@ -401,20 +351,20 @@ fn hostile_frames_get_clear_errors_and_the_service_keeps_serving() {
     let w = World::new("frames");
     let bin = w.binary("realm-runtime", "runtime");
     assert!(w.trust("runtime", &bin).status.success());
-    let server = start(&w.svc, &[]);
+    let (_server, addr) = start(&w.svc, &[]);
     let party = w.party(&bin);
     let rt = rt();
 
     // A client that stalls mid-frame holds a connection open throughout.
-    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    let mut stalled = TcpStream::connect(&addr).unwrap();
     stalled.write_all(&[100, 0]).unwrap();
 
     // Oversized: 2 GiB announced.
-    let r = raw_exchange(&server.addr, &0x7fff_ffffu32.to_le_bytes()).expect("an answer");
+    let r = raw_exchange(&addr, &0x7fff_ffffu32.to_le_bytes()).expect("an answer");
     assert_eq!(failure_code(&r), "frame-too-large");
 
     // Garbage protobuf.
-    let r = raw_exchange(&server.addr, &frame(&[0xff; 10])).expect("an answer");
+    let r = raw_exchange(&addr, &frame(&[0xff; 10])).expect("an answer");
     assert_eq!(failure_code(&r), "malformed-request");
 
     // The framework's Islet path is not accepted.
@@ -424,7 +374,7 @@ fn hostile_frames_get_clear_errors_and_the_service_keeps_serving() {
         requesting_enclave_tag: Some("req".into()),
         ..Default::default()
     };
-    let r = raw_exchange(&server.addr, &frame(&req.encode_to_vec())).expect("an answer");
+    let r = raw_exchange(&addr, &frame(&req.encode_to_vec())).expect("an answer");
     assert_eq!(failure_code(&r), "unsupported-evidence-type");
     assert_eq!(
         r.requesting_enclave_tag.as_deref(),
@@ -438,11 +388,11 @@ fn hostile_frames_get_clear_errors_and_the_service_keeps_serving() {
         purpose: Some("authentication".into()),
         ..Default::default()
     };
-    let r = raw_exchange(&server.addr, &frame(&req.encode_to_vec())).expect("an answer");
+    let r = raw_exchange(&addr, &frame(&req.encode_to_vec())).expect("an answer");
     assert_eq!(failure_code(&r), "malformed-evidence");
 
     // Truncated: announce 100 bytes, send 10, close. No answer, no harm.
-    let mut t = TcpStream::connect(&server.addr).unwrap();
+    let mut t = TcpStream::connect(&addr).unwrap();
     t.write_all(&frame(&[0u8; 100])[..14]).unwrap();
     t.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
@@ -450,7 +400,7 @@ fn hostile_frames_get_clear_errors_and_the_service_keeps_serving() {
     assert!(rest.is_empty());
 
     // With the stalled client still connected, an honest party is admitted.
-    let c = client(&server);
+    let c = client(&addr);
     rt.block_on(c.admit(&party, &auth_key(), &Role::runtime()))
         .expect("served despite hostile peers");
     drop(stalled);
@@ -468,7 +418,7 @@ fn cli_reports_what_to_do() {
         "policy",
         "trust",
         "--dir",
-        w.svc.to_str().unwrap(),
+        &w.svc,
         "--role",
         "Bad Role",
         "--measurement",
@@ -480,7 +430,7 @@ fn cli_reports_what_to_do() {
         "policy",
         "trust",
         "--dir",
-        w.svc.to_str().unwrap(),
+        &w.svc,
         "--role",
         "runtime",
         "--measurement",
@@ -491,18 +441,18 @@ fn cli_reports_what_to_do() {
         "policy",
         "trust",
         "--dir",
-        w.svc.to_str().unwrap(),
+        &w.svc,
         "--role",
         "analytics",
         "--measurement",
         &"11".repeat(64),
     ]);
     assert!(out.status.success(), "custom role names work");
-    let out = cli(&["policy", "show", "--dir", w.svc.to_str().unwrap()]);
+    let out = cli(&["policy", "show", "--dir", &w.svc]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["insecure"], true);
     assert_eq!(json["measurements"][0]["role"], "analytics");
-    let out = cli(&["init", "--dir", w.svc.to_str().unwrap()]);
+    let out = cli(&["init", "--dir", &w.svc]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -521,13 +471,13 @@ fn attest_admit_writes_an_identity_or_says_why_not() {
     let w = World::new("admit-cli");
     let image = w.binary("realm-runtime", "runtime build 1");
     assert!(w.trust("runtime", &image).status.success());
-    let server = start(&w.svc, &[]);
-    let out_dir = w.dir.join("identity");
+    let (_server, addr) = start(&w.svc, &[]);
+    let out_dir = w.dir.path().join("identity");
     let args = |role: &str| {
         vec![
             "admit".to_string(),
             "--certifier".into(),
-            server.addr.clone(),
+            addr.clone(),
             "--role".into(),
             role.into(),
             "--platform".into(),
@@ -535,20 +485,15 @@ fn attest_admit_writes_an_identity_or_says_why_not() {
             "--platform-key".into(),
             w.platform_key.display().to_string(),
             "--measure".into(),
-            image.display().to_string(),
+            image.clone(),
             "--out-dir".into(),
             out_dir.display().to_string(),
         ]
     };
-    let out = Command::new(&attest)
+    ok(Command::new(&attest)
         .args(args("runtime"))
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     let cert = std::fs::read(out_dir.join("admission.der")).unwrap();
     let claims = verify_admission_certificate(&cert, &w.policy_key(), unix_now()).unwrap();
     assert_eq!(claims.role, Role::runtime());

@@ -69,6 +69,8 @@ pub struct Keystore {
     kek: LessSafeKey,
     salt: Option<String>,
     entries: Vec<Entry>,
+    /// Modification time of the file when `entries` were read.
+    read_at: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for Keystore {
@@ -103,6 +105,7 @@ fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 impl Keystore {
     /// Open `path` (created empty if missing) with the KEK from `source`.
     pub fn open(path: &Path, source: &KekSource) -> Result<Self> {
+        let read_at = modified(path);
         let file: StoreFile = if path.exists() {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -169,6 +172,7 @@ impl Keystore {
             kek,
             salt,
             entries: file.entries,
+            read_at,
         };
         // A wrong KEK must fail here, not at the first key request.
         if let Some(e) = store.entries.first() {
@@ -177,6 +181,34 @@ impl Keystore {
                 .context("the keystore key or passphrase is wrong")?;
         }
         Ok(store)
+    }
+
+    /// Re-read the entries if the file changed since they were read (a
+    /// `seal` or `rotate` run while `serve` is up). The new entries replace
+    /// the old only if they are readable with this keystore's key; otherwise
+    /// the old ones stay and the error says why. Returns whether it re-read.
+    pub fn refresh(&mut self) -> Result<bool> {
+        let now = modified(&self.path);
+        if now == self.read_at {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let file: StoreFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a model-provider keystore", self.path.display()))?;
+        if file.format != 1 || file.passphrase_salt != self.salt {
+            bail!(
+                "{} was replaced by a keystore with another key",
+                self.path.display()
+            );
+        }
+        if let Some(e) = file.entries.first() {
+            self.unwrap_key(e)
+                .context("the changed keystore does not open with this key")?;
+        }
+        self.entries = file.entries;
+        self.read_at = now;
+        Ok(true)
     }
 
     /// All entries.
@@ -299,4 +331,8 @@ impl Keystore {
             .with_context(|| format!("replacing {}", self.path.display()))?;
         Ok(())
     }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

@@ -6,8 +6,10 @@
 //! attested session to an allowed peer, log or print a key, or tell a refused
 //! peer which model ids exist.
 
+mod announce;
 mod bundle;
 mod keystore;
+mod onnx_scan;
 mod release;
 mod serve;
 mod validate;
@@ -17,14 +19,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use attestation::certifier::client::unix_now;
-use attestation::platform::danger::InsecureEmulatedPlatform;
-use attestation::platform::{ConfigfsTsm, EvidenceSource};
+use attestation::platform::Backend;
 use blob_store::{AnyStore, BlobId, BlobStore};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use protocol::sealed::BundleMeta;
+use protocol::{OutputPolicy, QueryBudget, ServingPolicy};
 
 use crate::keystore::{KekSource, Keystore};
-use crate::release::{ReleaseRule, parse_usage};
+use crate::release::{ReleaseRule, parse_budget, parse_output, parse_shape, parse_usage};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -94,6 +96,18 @@ enum Command {
         /// Allowed use (repeat): remote-inference, on-device, fl-aggregate.
         #[arg(long = "use", required = true, value_parser = parse_usage)]
         uses: Vec<String>,
+        /// What a runtime may return: `label` (only the winning class),
+        /// `top-k=K`, or `scores` (all class scores).
+        #[arg(long, default_value = "label", value_parser = parse_output)]
+        output: OutputPolicy,
+        /// Per-device query budget at a runtime, QUERIES/SECONDS (e.g. 1000/3600).
+        #[arg(long, value_parser = parse_budget)]
+        query_budget: Option<QueryBudget>,
+        /// Validate with the first input pinned to this shape, D,D,... (0 keeps
+        /// an axis symbolic), for models tract cannot type with symbolic
+        /// dimensions; runtimes serve it with the same `--input-shape`.
+        #[arg(long, value_name = "SHAPE")]
+        input_shape: Option<String>,
     },
     /// Open a stored bundle in memory with its key; non-zero exit on any tampering.
     Verify {
@@ -142,7 +156,7 @@ enum Command {
         policy_cert: PathBuf,
         /// Evidence source.
         #[arg(long, value_enum)]
-        platform: PlatformKind,
+        platform: Backend,
         /// Emulated platform key (with --platform insecure-emulated).
         #[arg(long)]
         platform_key: Option<PathBuf>,
@@ -156,17 +170,16 @@ enum Command {
         /// Seconds between fetches of the certifier's revocations.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         revocation_refresh_secs: u64,
+        /// A runtime to announce current models to (repeat), so it prefetches
+        /// them; only models released to role runtime for remote-inference.
+        #[arg(long = "announce-to", value_name = "ADDR")]
+        announce_to: Vec<String>,
+        /// Seconds between announcements (they also reach restarted runtimes).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        announce_every_secs: u64,
         #[command(flatten)]
         keystore: KeystoreArgs,
     },
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum PlatformKind {
-    /// configfs-tsm in a Linux CCA realm.
-    Tsm,
-    /// INSECURE emulated platform (tests, laptops); RIM = SHA-512 of this binary.
-    InsecureEmulated,
 }
 
 fn main() -> ExitCode {
@@ -213,7 +226,15 @@ async fn run(command: Command) -> Result<ExitCode> {
             roles,
             measurements,
             uses,
+            output,
+            query_budget,
+            input_shape,
         } => {
+            let input_shape = input_shape
+                .as_deref()
+                .map(parse_shape)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             for m in &measurements {
                 if hex::decode(m).map(|b| b.len()).unwrap_or(0) < 16 {
                     bail!("--allow-measurement {m:?} is not a hex digest");
@@ -222,7 +243,9 @@ async fn run(command: Command) -> Result<ExitCode> {
             let mut ks = keystore.open()?;
             let store = AnyStore::open(&store)?;
             let m = model.clone();
-            let summary = tokio::task::spawn_blocking(move || validate::validate(&m)).await??;
+            let summary =
+                tokio::task::spawn_blocking(move || validate::validate(&m, input_shape.as_deref()))
+                    .await??;
             eprintln!(
                 "model {} runs: {} nodes, inputs {}, outputs {}",
                 model.display(),
@@ -240,6 +263,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 roles,
                 measurements: measurements.iter().map(|m| m.to_lowercase()).collect(),
                 uses,
+                serving: ServingPolicy {
+                    output,
+                    budget: query_budget,
+                },
             };
             ks.add(&id, &version, &bundle.to_hex(), &key, meta.created, rule)?;
             ks.retire(&id, &bundle.to_hex())?;
@@ -362,21 +389,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             platform_key,
             allow_insecure_peers,
             revocation_refresh_secs,
+            announce_to,
+            announce_every_secs,
             fresh_evidence,
             keystore,
         } => {
             let keystore = keystore.open()?;
-            let platform: std::sync::Arc<dyn EvidenceSource> = match platform {
-                PlatformKind::Tsm => std::sync::Arc::new(ConfigfsTsm::new()),
-                PlatformKind::InsecureEmulated => {
-                    let key = platform_key
-                        .context("--platform insecure-emulated needs --platform-key")?;
-                    eprintln!(
-                        "WARNING: INSECURE emulated platform: evidence from it can be forged"
-                    );
-                    std::sync::Arc::new(InsecureEmulatedPlatform::from_key_file(&key)?)
-                }
-            };
+            let platform = platform.open(platform_key.as_deref())?;
             serve::serve(serve::ServeConfig {
                 listen,
                 certifier,
@@ -386,6 +405,8 @@ async fn run(command: Command) -> Result<ExitCode> {
                 keystore,
                 revocation_refresh: std::time::Duration::from_secs(revocation_refresh_secs),
                 fresh_evidence,
+                announce_to,
+                announce_every: std::time::Duration::from_secs(announce_every_secs),
             })
             .await?;
             Ok(ExitCode::SUCCESS)

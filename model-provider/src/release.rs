@@ -6,7 +6,7 @@
 //! cannot enumerate model ids.
 
 use attestation::atls::VerifiedPeer;
-use protocol::KeyUsage;
+use protocol::{KeyUsage, OutputPolicy, QueryBudget, ServingPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::keystore::Entry;
@@ -20,6 +20,10 @@ pub struct ReleaseRule {
     pub measurements: Vec<String>,
     /// Uses: `remote-inference`, `on-device`, `fl-aggregate`.
     pub uses: Vec<String>,
+    /// What a runtime may return, and how often (sent with the key).
+    /// Keystores written before this field existed get the default: label only.
+    #[serde(default)]
+    pub serving: ServingPolicy,
 }
 
 /// The wire name of a use.
@@ -39,6 +43,43 @@ pub fn parse_usage(s: &str) -> Result<String, String> {
             "unknown use {s:?}: remote-inference, on-device or fl-aggregate"
         )),
     }
+}
+
+/// Parse an output policy (CLI): `label`, `scores` or `top-k=K` (K ≥ 1).
+pub fn parse_output(s: &str) -> Result<OutputPolicy, String> {
+    match s {
+        "label" => Ok(OutputPolicy::Label),
+        "scores" => Ok(OutputPolicy::Scores),
+        _ => match s.strip_prefix("top-k=").map(str::parse::<u32>) {
+            Some(Ok(k)) if k >= 1 => Ok(OutputPolicy::TopK(k)),
+            _ => Err(format!(
+                "unknown output policy {s:?}: label, scores or top-k=K (K >= 1)"
+            )),
+        },
+    }
+}
+
+/// Parse a query budget (CLI): `QUERIES/SECONDS`, both at least 1.
+pub fn parse_budget(s: &str) -> Result<QueryBudget, String> {
+    let bad = || format!("query budget {s:?} is not QUERIES/SECONDS, e.g. 1000/3600");
+    let (q, w) = s.split_once('/').ok_or_else(bad)?;
+    let queries: u32 = q.trim().parse().map_err(|_| bad())?;
+    let window_secs: u32 = w.trim().parse().map_err(|_| bad())?;
+    if queries == 0 || window_secs == 0 {
+        return Err(bad());
+    }
+    Ok(QueryBudget {
+        queries,
+        window_secs,
+    })
+}
+
+/// Parse an input shape (CLI): `D,D,...`, each a number (0 = symbolic).
+pub fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| format!("input shape {s:?} is not D,D,... e.g. 1,3,640,640"))
 }
 
 /// Why a key is not released (logged; the peer only hears "not released").
@@ -87,4 +128,40 @@ pub fn decide(
         return Err(Denial::Use(u));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn output_and_budget_names() {
+        assert_eq!(parse_output("label"), Ok(OutputPolicy::Label));
+        assert_eq!(parse_output("scores"), Ok(OutputPolicy::Scores));
+        assert_eq!(parse_output("top-k=3"), Ok(OutputPolicy::TopK(3)));
+        for bad in ["top-k=0", "top-k=", "top-k=-1", "all", ""] {
+            assert!(parse_output(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_budget("1000/3600"),
+            Ok(QueryBudget {
+                queries: 1000,
+                window_secs: 3600
+            })
+        );
+        for bad in ["0/10", "10/0", "10", "a/b", "/", "1/2/3"] {
+            assert!(parse_budget(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in ".{0,40}") {
+            let _ = parse_output(&s);
+            let _ = parse_budget(&s);
+            let _ = parse_usage(&s);
+            let _ = parse_shape(&s);
+        }
+    }
 }

@@ -5,13 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use attestation::atls::{
-    Identity, PeerRequirement, PolicyAnchor, RevocationList, VerifiedPeer, server_config,
-};
-use attestation::cca::{Curve, PlatformKey};
+use attestation::atls::{Admitted, PeerRequirement, VerifiedPeer, client_config, server_config};
+use attestation::cca::PlatformKey;
 use attestation::certifier::client::{Client, unix_now};
-use attestation::certifier::keys::PublicKey;
-use attestation::certifier::keys::SigningKey;
 use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
 use protocol::{
@@ -44,6 +40,10 @@ pub struct ServeConfig {
     pub keystore: Keystore,
     /// How often revocations are fetched again from the certifier.
     pub revocation_refresh: Duration,
+    /// Runtimes to announce current models to.
+    pub announce_to: Vec<String>,
+    /// How often to announce.
+    pub announce_every: Duration,
 }
 
 /// Why a session ended.
@@ -59,59 +59,26 @@ enum SessionError {
 pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let policy_cert = std::fs::read(&cfg.policy_cert)
         .with_context(|| format!("reading {}", cfg.policy_cert.display()))?;
-    let anchor =
-        PolicyAnchor::from_certificate_der(&policy_cert).context("the policy certificate")?;
-
-    // 1. Our own admission, with a fresh auth key generated here.
-    let (auth, auth_pkcs8) = SigningKey::generate_p256().context("generating the TLS auth key")?;
+    // Our own admission (fresh auth key), the signed policy, and revocations
+    // kept current: a measurement revoked at the certifier stops receiving
+    // keys within one refresh interval.
     let client = Client::new(cfg.certifier.clone(), Duration::from_secs(15));
-    info!(platform = %cfg.platform.describe(), "requesting admission as provider");
-    let cert = client
-        .admit(cfg.platform.as_ref(), &auth.public_key(), &Role::provider())
-        .await
-        .context("admission as provider was refused")?;
-    let identity = Identity::new(cert, auth_pkcs8);
-    let own_spki = auth.public_key().ec_spki_der().context("auth key")?;
-
-    // 2. Revocations and platform keys from the signed policy.
-    let revoked = RevocationList::new();
-    let policy = client
-        .policy(anchor.key())
-        .await
-        .context("fetching the signed policy")?;
-    revoked.update_from_policy(&policy);
-    {
-        // Keep revocations current: a measurement revoked at the certifier
-        // stops receiving keys within one refresh interval.
-        let (revoked, client, key, refresh) = (
-            revoked.clone(),
-            client.clone(),
-            anchor.key().clone(),
-            cfg.revocation_refresh,
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(refresh).await;
-                match client.policy(&key).await {
-                    Ok(p) => revoked.update_from_policy(&p),
-                    Err(e) => warn!("could not refresh revocations (keeping the last list): {e}"),
-                }
-            }
-        });
-    }
-
-    // Platform keys for checking peers' fresh evidence.
-    let platform_keys: Arc<Vec<PlatformKey>> = Arc::new(
-        policy
-            .platforms()
-            .iter()
-            .filter_map(|p| match &p.cpak {
-                PublicKey::P256(x) => PlatformKey::from_point(Curve::P256, x).ok(),
-                PublicKey::P384(x) => PlatformKey::from_point(Curve::P384, x).ok(),
-                PublicKey::Rsa { .. } => None,
-            })
-            .collect(),
-    );
+    let admitted = Admitted::obtain(
+        client,
+        &policy_cert,
+        cfg.platform.as_ref(),
+        &Role::provider(),
+    )
+    .await?;
+    admitted.keep_revocations_current(cfg.revocation_refresh);
+    let Admitted {
+        identity,
+        own_spki,
+        anchor,
+        revoked,
+        platform_keys,
+        ..
+    } = admitted;
     if cfg.fresh_evidence {
         info!("high-assurance mode: every session starts with fresh evidence both ways");
     }
@@ -121,7 +88,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         warn!("INSECURE: accepting peers admitted on the emulated platform");
         requirement = requirement.allow_insecure_emulated_platform();
     }
-    let tls = server_config(&identity, anchor.clone(), requirement, revoked)?;
+    let tls = server_config(&identity, anchor.clone(), requirement, revoked.clone())?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = TcpListener::bind(&cfg.listen)
         .await
@@ -131,7 +98,21 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
 
-    let keystore = Arc::new(cfg.keystore);
+    // Shared by all sessions; re-read when `seal` or `rotate` changes the file.
+    let keystore = Arc::new(std::sync::Mutex::new(cfg.keystore));
+    if !cfg.announce_to.is_empty() {
+        let mut runtimes = PeerRequirement::roles([Role::runtime()])?;
+        if cfg.allow_insecure_peers {
+            runtimes = runtimes.allow_insecure_emulated_platform();
+        }
+        let tls = client_config(&identity, anchor.clone(), runtimes, revoked.clone())?;
+        crate::announce::spawn(
+            cfg.announce_to.clone(),
+            tls,
+            keystore.clone(),
+            cfg.announce_every,
+        );
+    }
     loop {
         let (tcp, peer_addr) = match listener.accept().await {
             Ok(c) => c,
@@ -197,7 +178,7 @@ struct Fresh {
 async fn session<S>(
     mut framed: Framed<S>,
     peer: &VerifiedPeer,
-    keystore: &Keystore,
+    keystore: &std::sync::Mutex<Keystore>,
     fresh: Option<&Fresh>,
 ) -> Result<(), SessionError>
 where
@@ -222,29 +203,41 @@ where
                 bundle_hash,
                 usage,
             } => {
-                let entry = keystore.current(&model_id);
-                let reply = match decide(entry, &bundle_hash, peer, &usage) {
-                    Ok(()) => match entry.map(|e| keystore.unwrap_key(e)) {
-                        Some(Ok(key)) => {
-                            info!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                // The lock is released before the reply is sent.
+                let reply = {
+                    let mut keystore = keystore.lock().unwrap_or_else(|p| p.into_inner());
+                    match keystore.refresh() {
+                        Ok(true) => info!("keystore changed on disk; re-read it"),
+                        Ok(false) => {}
+                        Err(e) => warn!(
+                            "keystore changed on disk but cannot be re-read (keeping the last entries): {e:#}"
+                        ),
+                    }
+                    let entry = keystore.current(&model_id);
+                    match decide(entry, &bundle_hash, peer, &usage) {
+                        Ok(()) => match entry.map(|e| (e, keystore.unwrap_key(e))) {
+                            Some((e, Ok(key))) => {
+                                info!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
                                   usage = usage_name(&usage), "key released");
-                            Message::ModelKeyRelease {
-                                model_id,
-                                key_id: *key.key_id().as_bytes(),
-                                key: key.to_secret_bytes(),
+                                Message::ModelKeyRelease {
+                                    model_id,
+                                    key_id: *key.key_id().as_bytes(),
+                                    key: key.to_secret_bytes(),
+                                    serving: e.release.serving,
+                                }
                             }
-                        }
-                        _ => Message::error(ErrorCode::Internal, "key unavailable"),
-                    },
-                    Err(denial) => {
-                        let detail = match &denial {
-                            // The model id is only logged, never echoed, for unknown models.
-                            Denial::UnknownModel => "unknown model".to_string(),
-                            other => other.to_string(),
-                        };
-                        warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                            _ => Message::error(ErrorCode::Internal, "key unavailable"),
+                        },
+                        Err(denial) => {
+                            let detail = match &denial {
+                                // The model id is only logged, never echoed, for unknown models.
+                                Denial::UnknownModel => "unknown model".to_string(),
+                                other => other.to_string(),
+                            };
+                            warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
                               usage = usage_name(&usage), "key refused: {detail}");
-                        Message::error(ErrorCode::Refused, "key not released")
+                            Message::error(ErrorCode::Refused, "key not released")
+                        }
                     }
                 };
                 framed.send(&reply).await?;

@@ -1,0 +1,131 @@
+//! The runtime's side of key release: ask the model provider, over attested
+//! TLS, for a model's key for remote inference.
+//!
+//! Must never: send a key request to anything but an admitted `provider`
+//! (the TLS verifier checks the role in its certificate), or keep a key
+//! after the bundle is opened (keys live in `ModelKey`, wiped on drop).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestation::atls::server_name;
+use blob_store::BlobId;
+use protocol::sealed::ModelKey;
+use protocol::{ErrorCode, Framed, KeyUsage, Message, ProtocolError, ServingPolicy};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Why no key came back.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// The provider could not be reached or the attested handshake failed.
+    #[error("cannot reach the model provider at {addr}: {reason}")]
+    Unreachable {
+        /// Its address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The provider refused to release the key to this runtime.
+    #[error("the model provider did not release the key of {0:?} to this runtime")]
+    Refused(String),
+    /// The conversation failed.
+    #[error("key request: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The provider sent something that is not a usable key.
+    #[error("the model provider sent an unusable key: {0}")]
+    BadKey(&'static str),
+}
+
+/// A connection recipe for the provider.
+#[derive(Clone)]
+pub struct ProviderClient {
+    addr: String,
+    tls: TlsConnector,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderClient {
+    /// Talk to the provider at `addr` with `tls` (a client config that
+    /// presents this runtime's admission certificate and requires the
+    /// `provider` role).
+    pub fn new(addr: String, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            addr,
+            tls: TlsConnector::from(tls),
+        }
+    }
+
+    /// Get the key of `model_id`'s bundle `bundle`, and its serving policy.
+    pub async fn model_key(
+        &self,
+        model_id: &str,
+        bundle: &BlobId,
+    ) -> Result<(ModelKey, ServingPolicy), KeyError> {
+        let unreachable = |reason: String| KeyError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.tls.connect(server_name(), tcp),
+        )
+        .await
+        .map_err(|_| unreachable("attested TLS handshake timed out".into()))?
+        .map_err(|e| unreachable(format!("attested TLS handshake: {e}")))?;
+        let mut framed = Framed::new(tls);
+        framed
+            .client_hello(
+                "runtime",
+                concat!("realm-runtime/", env!("CARGO_PKG_VERSION")),
+            )
+            .await?;
+        framed
+            .send(&Message::ModelKeyRequest {
+                model_id: model_id.to_string(),
+                bundle_hash: bundle.0,
+                usage: KeyUsage::RemoteInference,
+            })
+            .await?;
+        let reply = framed.recv().await?;
+        let _ = framed.shutdown().await;
+        match reply {
+            Message::ModelKeyRelease {
+                model_id: got,
+                key,
+                serving,
+                ..
+            } if got == model_id => {
+                let key = ModelKey::from_slice(key.expose()).ok_or(KeyError::BadKey("length"))?;
+                Ok((key, serving))
+            }
+            Message::ModelKeyRelease { .. } => Err(KeyError::BadKey("for another model")),
+            Message::Error {
+                code: ErrorCode::Refused | ErrorCode::NotAdmitted | ErrorCode::NotFound,
+                ..
+            } => Err(KeyError::Refused(model_id.to_string())),
+            other => Err(other.as_remote_error().map_or_else(
+                || {
+                    KeyError::Protocol(ProtocolError::UnexpectedMessage {
+                        expected: "ModelKeyRelease",
+                        got: other.kind(),
+                    })
+                },
+                KeyError::Protocol,
+            )),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The runtime as a server: admission at start, then an attested TLS
+//! listener where admitted devices ask for inference and an admitted
+//! provider announces new bundles.
+//!
+//! Must never: answer a peer whose certificate the TLS verifier did not
+//! accept, send one device's result on another device's connection (each
+//! connection is served by its own task, request by request), log a tensor
+//! or a key, or let one client's bad input end anyone else's session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use attestation::atls::{Admitted, PeerRequirement, VerifiedPeer, client_config, server_config};
+use attestation::certifier::client::{Client, unix_now};
+use attestation::certifier::keys::PublicKey;
+use attestation::certifier::policy::Role;
+use blob_store::{AnyStore, BlobId};
+use protocol::{ErrorCode, Framed, InferenceOutput, Limits, Message, ProtocolError, Tensor};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::budget::Budgets;
+use crate::config::Config;
+use crate::engine::RunError;
+use crate::metrics::{self, Metrics};
+use crate::models::{ModelError, Models};
+use crate::output::{OutputError, apply};
+use crate::pool::{InferencePool, PoolError};
+use crate::provider::ProviderClient;
+
+/// What the request handlers share.
+#[derive(Debug)]
+struct Runtime {
+    models: Arc<Models>,
+    pool: InferencePool,
+    budgets: Budgets,
+    metrics: Arc<Metrics>,
+}
+
+/// Why one inference request failed: each maps to one wire code, one
+/// client-facing message and one metrics label.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetExceeded),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("{0}")]
+    Run(String),
+}
+
+impl RequestError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Model(ModelError::Unknown) => "unknown-model",
+            Self::Model(ModelError::KeyRefused(_)) => "key-refused",
+            Self::Model(ModelError::Unavailable { .. }) => "model-unavailable",
+            Self::Budget(_) => "budget",
+            Self::Input(_) | Self::Output(_) => "bad-input",
+            Self::Pool(PoolError::Busy(_)) => "busy",
+            Self::Pool(PoolError::Panicked) | Self::Run(_) => "internal",
+        }
+    }
+
+    fn to_message(&self) -> Message {
+        match self {
+            Self::Model(ModelError::Unknown) => {
+                Message::error(ErrorCode::NotFound, "unknown model")
+            }
+            Self::Model(ModelError::KeyRefused(_)) => Message::error(
+                ErrorCode::Refused,
+                "the model provider does not release this model to this runtime",
+            ),
+            Self::Model(ModelError::Unavailable { .. }) => Message::error(
+                ErrorCode::Internal,
+                "the model is unavailable at the moment; try again later",
+            ),
+            Self::Budget(e) => Message::error(ErrorCode::BudgetExceeded, e.to_string()),
+            Self::Input(m) => Message::error(ErrorCode::BadRequest, m.clone()),
+            Self::Output(e) => Message::error(ErrorCode::BadRequest, e.to_string()),
+            Self::Pool(e @ PoolError::Busy(_)) => Message::error(ErrorCode::Busy, e.to_string()),
+            Self::Pool(PoolError::Panicked) | Self::Run(_) => {
+                Message::error(ErrorCode::Internal, "inference failed")
+            }
+        }
+    }
+}
+
+impl Runtime {
+    async fn infer(
+        &self,
+        device: &[u8; 32],
+        model_id: &str,
+        input: Tensor,
+    ) -> Result<InferenceOutput, RequestError> {
+        let served = self.models.get(model_id).await?;
+        // Shape and type before budget: a malformed request costs nothing.
+        served
+            .model
+            .input()
+            .check(&input)
+            .map_err(|e| RequestError::Input(e.to_string()))?;
+        if let Some(b) = served.serving.budget {
+            self.budgets.charge(device, model_id, b, Instant::now())?;
+        }
+        let policy = served.serving.output;
+        let job = served.clone();
+        self.metrics.queue_depth.set(self.pool.depth() as i64 + 1);
+        let result = self.pool.run(move || job.model.run(input)).await;
+        self.metrics.queue_depth.set(self.pool.depth() as i64);
+        let scores = result?.map_err(|e| match e {
+            RunError::Input(e) => RequestError::Input(e.to_string()),
+            RunError::Model(m) => RequestError::Run(m),
+        })?;
+        Ok(apply(policy, scores)?)
+    }
+}
+
+/// Largest bundle fetched, when the cache is smaller.
+const MIN_MAX_BUNDLE: u64 = 64 << 20;
+
+/// Run until stopped.
+pub async fn serve(cfg: Config) -> Result<()> {
+    let platform = cfg.platform.open(cfg.platform_key.as_deref())?;
+    let policy_cert = std::fs::read(&cfg.policy_cert).with_context(|| {
+        format!(
+            "reading the policy certificate {}",
+            cfg.policy_cert.display()
+        )
+    })?;
+    let certifier = Client::new(cfg.certifier.clone(), Duration::from_secs(15));
+    let admitted =
+        Admitted::obtain(certifier, &policy_cert, platform.as_ref(), &Role::runtime()).await?;
+    info!("admitted as runtime");
+    admitted.keep_revocations_current(Duration::from_secs(cfg.revocation_refresh_secs));
+
+    let mut peers = PeerRequirement::roles([Role::device(), Role::provider()])?;
+    let mut provider = PeerRequirement::roles([Role::provider()])?;
+    if cfg.allow_insecure_peers {
+        warn!("INSECURE: accepting peers admitted on the emulated platform");
+        peers = peers.allow_insecure_emulated_platform();
+        provider = provider.allow_insecure_emulated_platform();
+    }
+    let server_tls = server_config(
+        &admitted.identity,
+        admitted.anchor.clone(),
+        peers,
+        admitted.revoked.clone(),
+    )?;
+    let provider_tls = client_config(
+        &admitted.identity,
+        admitted.anchor.clone(),
+        provider,
+        admitted.revoked.clone(),
+    )?;
+
+    let store = AnyStore::open(&cfg.store).context("opening the blob store")?;
+    let metrics = Metrics::new();
+    let models = Arc::new(Models::new(
+        cfg.models,
+        store,
+        ProviderClient::new(cfg.provider.clone(), provider_tls),
+        metrics.clone(),
+        cfg.cache_bytes,
+        (cfg.cache_bytes as u64).max(MIN_MAX_BUNDLE),
+    ));
+    let rt = Arc::new(Runtime {
+        models: models.clone(),
+        pool: InferencePool::new(cfg.workers, cfg.queue),
+        budgets: Budgets::default(),
+        metrics: metrics.clone(),
+    });
+    let limits = Limits {
+        max_frame: cfg.max_message,
+        max_message: cfg.max_message,
+        ..Limits::default()
+    };
+
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let metrics_listener = TcpListener::bind(&cfg.metrics)
+        .await
+        .with_context(|| format!("metrics endpoint on {}", cfg.metrics))?;
+    let addr = listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    if !metrics_addr.ip().is_loopback() {
+        warn!(%metrics_addr, "the metrics endpoint is not on loopback; it needs no authentication");
+    }
+    println!("realm-runtime listening on {addr}");
+    println!("realm-runtime metrics on http://{metrics_addr}/metrics");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    for id in models.ids() {
+        models.prefetch(id);
+    }
+
+    let acceptor = TlsAcceptor::from(server_tls);
+    let policy_key = admitted.anchor.key().clone();
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    loop {
+        let (tcp, peer_addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.error("connection-limit");
+            warn!(%peer_addr, "connection limit reached; dropping the connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (rt, acceptor, policy_key) = (rt.clone(), acceptor.clone(), policy_key.clone());
+        tokio::spawn(async move {
+            rt.metrics.connections.inc();
+            connection(&rt, acceptor, tcp, peer_addr, &policy_key, limits).await;
+            rt.metrics.connections.dec();
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    rt: &Runtime,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer_addr: std::net::SocketAddr,
+    policy_key: &PublicKey,
+    limits: Limits,
+) {
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            rt.metrics.attestation_failures.inc();
+            warn!(%peer_addr, "attested TLS handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            rt.metrics.attestation_failures.inc();
+            warn!(%peer_addr, "attested TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = match VerifiedPeer::from_certificates(
+        tls.get_ref().1.peer_certificates(),
+        policy_key,
+        unix_now(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            rt.metrics.attestation_failures.inc();
+            warn!(%peer_addr, "peer identity: {e}");
+            return;
+        }
+    };
+    let framed = Framed::with_limits(tls, limits);
+    let result = if peer.role == Role::provider() {
+        provider_session(rt, framed).await
+    } else {
+        device_session(rt, framed, &peer).await
+    };
+    match result {
+        Ok(()) | Err(ProtocolError::Closed) | Err(ProtocolError::IdleTimeout { .. }) => {
+            debug!(%peer_addr, role = %peer.role, "session ended")
+        }
+        Err(e) => info!(%peer_addr, role = %peer.role, "session ended: {e}"),
+    }
+}
+
+/// Tell the peer why its session ends (best effort), then end it.
+async fn fail<S>(framed: &mut Framed<S>, e: ProtocolError) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !matches!(
+        e,
+        ProtocolError::Closed | ProtocolError::Io(_) | ProtocolError::IdleTimeout { .. }
+    ) {
+        let _ = framed
+            .send(&Message::error(e.wire_code(), e.to_string()))
+            .await;
+    }
+    Err(e)
+}
+
+async fn device_session<S>(
+    rt: &Runtime,
+    mut framed: Framed<S>,
+    peer: &VerifiedPeer,
+) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Budgets are per admitted identity: its TLS auth key.
+    let device: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &peer.auth_key_spki)
+        .as_ref()
+        .try_into()
+        .unwrap_or([0; 32]);
+    framed.server_hello().await?;
+    loop {
+        let message = match framed.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                if matches!(
+                    e,
+                    ProtocolError::Decode(_)
+                        | ProtocolError::TooLarge { .. }
+                        | ProtocolError::TrailingBytes { .. }
+                ) {
+                    rt.metrics.error("malformed-message");
+                }
+                return fail(&mut framed, e).await;
+            }
+        };
+        let reply = match message {
+            Message::InferenceRequest {
+                request_id,
+                model_id,
+                input,
+            } => {
+                rt.metrics.requests.inc();
+                let started = Instant::now();
+                let reply = match rt.infer(&device, &model_id, input).await {
+                    Ok(output) => Message::InferenceResponse { request_id, output },
+                    Err(e) => {
+                        rt.metrics.error(e.kind());
+                        debug!(error = %e, kind = e.kind(), "request refused");
+                        e.to_message()
+                    }
+                };
+                rt.metrics.latency.observe(started.elapsed().as_secs_f64());
+                reply
+            }
+            other => {
+                rt.metrics.error("bad-request");
+                Message::error(
+                    ErrorCode::BadRequest,
+                    format!("devices send InferenceRequest here, not {}", other.kind()),
+                )
+            }
+        };
+        framed.send(&reply).await?;
+    }
+}
+
+async fn provider_session<S>(rt: &Runtime, mut framed: Framed<S>) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    framed.server_hello().await?;
+    loop {
+        match framed.recv().await {
+            Ok(Message::SealedModelAnnouncement {
+                model_id,
+                version,
+                bundle_hash,
+                size,
+            }) => {
+                let bundle = BlobId(bundle_hash);
+                if rt.models.announce(&model_id, bundle) {
+                    info!(model = %model_id, %version, %bundle, "announced; prefetching");
+                    rt.models.prefetch(model_id.clone());
+                } else {
+                    debug!(model = %model_id, %bundle, "announced again; unchanged");
+                }
+                // The echo is the acknowledgement.
+                framed
+                    .send(&Message::SealedModelAnnouncement {
+                        model_id,
+                        version,
+                        bundle_hash,
+                        size,
+                    })
+                    .await?;
+            }
+            Ok(other) => {
+                let e = ProtocolError::UnexpectedMessage {
+                    expected: "SealedModelAnnouncement",
+                    got: other.kind(),
+                };
+                return fail(&mut framed, e).await;
+            }
+            Err(e) => return fail(&mut framed, e).await,
+        }
+    }
+}
