@@ -141,6 +141,10 @@ async fn loopback(req: usize, resp: usize, n: usize) -> Stats {
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.set_nodelay(true).expect("nodelay");
     let (out, mut back) = (vec![2u8; req], vec![0u8; resp]);
+    for _ in 0..20 {
+        c.write_all(&out).await.expect("write");
+        c.read_exact(&mut back).await.expect("read");
+    }
     let start = Instant::now();
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
