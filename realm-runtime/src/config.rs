@@ -185,9 +185,10 @@ fn parse_shape(id: &str, s: &str) -> Result<Vec<usize>, ConfigError> {
 fn platform_name(s: &str) -> Result<Backend, ConfigError> {
     match s {
         "tsm" => Ok(Backend::Tsm),
+        "islet" => Ok(Backend::Islet),
         "insecure-emulated" => Ok(Backend::InsecureEmulated),
         _ => Err(ConfigError::Invalid(format!(
-            "platform {s:?}: tsm or insecure-emulated"
+            "platform {s:?}: tsm, islet or insecure-emulated"
         ))),
     }
 }
@@ -378,7 +379,10 @@ input_shape = [0, 3, 640, 640]
         let e = Config::resolve(ServeArgs::default(), Some("platfrom = \"tsm\"")).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::resolve(ServeArgs::default(), Some("platform = \"emulated\"")).unwrap_err();
-        assert!(e.to_string().contains("tsm or insecure-emulated"), "{e}");
+        assert!(
+            e.to_string().contains("tsm, islet or insecure-emulated"),
+            "{e}"
+        );
         let args = ServeArgs {
             models: vec!["digits=abc".into()],
             ..Default::default()

@@ -155,7 +155,7 @@ struct AdmitArgs {
     role: String,
     /// Evidence source.
     #[arg(long, value_enum)]
-    platform: PlatformArg,
+    platform: attestation::platform::Backend,
     /// Emulated platform private key (with --platform insecure-emulated).
     #[arg(long)]
     platform_key: Option<PathBuf>,
@@ -165,14 +165,6 @@ struct AdmitArgs {
     /// Directory for auth.key.pem (mode 0600) and admission.der.
     #[arg(long)]
     out_dir: PathBuf,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum PlatformArg {
-    /// configfs-tsm in a Linux CCA realm.
-    Tsm,
-    /// The INSECURE emulated platform.
-    InsecureEmulated,
 }
 
 #[derive(Subcommand, Debug)]
@@ -443,9 +435,11 @@ fn admit(args: AdmitArgs) -> Result<ExitCode> {
     use attestation::certifier::policy::Role;
 
     let role = Role::new(&args.role)?;
+    use attestation::platform::Backend;
     let platform: Box<dyn EvidenceSource> = match args.platform {
-        PlatformArg::Tsm => Box::new(ConfigfsTsm::new()),
-        PlatformArg::InsecureEmulated => {
+        Backend::Tsm => Box::new(ConfigfsTsm::new()),
+        Backend::Islet => Box::new(attestation::platform::IsletRsi::new()),
+        Backend::InsecureEmulated => {
             let key = args
                 .platform_key
                 .as_deref()

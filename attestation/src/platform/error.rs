@@ -54,6 +54,9 @@ pub enum PlatformError {
         /// The limit.
         limit: usize,
     },
+    /// Islet's `/dev/rsi` failed.
+    #[error("Islet /dev/rsi: {0}")]
+    Islet(#[from] islet_rsi::RsiError),
     /// A key file is unusable.
     #[error("platform key {path}: {detail}")]
     Key {

@@ -1,7 +1,8 @@
 //! Evidence sources: where a party gets its CCA attestation token.
 //!
-//! One trait, [`EvidenceSource`], with two implementations today:
+//! One trait, [`EvidenceSource`], with three implementations today:
 //! * [`ConfigfsTsm`] — a real Linux realm (`/sys/kernel/config/tsm/report`);
+//! * [`IsletRsi`] — Islet's `/dev/rsi` (rsi.ko), for realm kernels without it;
 //! * [`danger::InsecureEmulatedPlatform`] — tests and laptops only. It signs
 //!   real-format tokens with a platform key from a file, so anyone holding that
 //!   file can forge evidence. It lives under `danger` and is never a default.
@@ -11,9 +12,11 @@
 
 mod emulated;
 mod error;
+mod islet;
 mod tsm;
 
 pub use error::PlatformError;
+pub use islet::IsletRsi;
 pub use tsm::ConfigfsTsm;
 
 use crate::cca::Challenge;
@@ -44,6 +47,8 @@ pub trait EvidenceSource: Send + Sync + std::fmt::Debug {
 pub enum Backend {
     /// configfs-tsm in a Linux CCA realm (`/sys/kernel/config/tsm/report`).
     Tsm,
+    /// Islet's `/dev/rsi` (load `rsi.ko` in the realm first).
+    Islet,
     /// INSECURE emulated platform (tests, laptops): tokens signed with a
     /// platform key from a file; RIM = SHA-512 of the running binary.
     InsecureEmulated,
@@ -58,6 +63,7 @@ impl Backend {
     ) -> Result<std::sync::Arc<dyn EvidenceSource>, PlatformError> {
         match self {
             Backend::Tsm => Ok(std::sync::Arc::new(ConfigfsTsm::new())),
+            Backend::Islet => Ok(std::sync::Arc::new(IsletRsi::new())),
             Backend::InsecureEmulated => {
                 let key = emulated_platform_key.ok_or_else(|| PlatformError::Key {
                     path: "(none)".into(),
