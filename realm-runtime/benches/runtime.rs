@@ -59,10 +59,8 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn digits_row() -> Vec<f32> {
-    let csv = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/digits_test.csv"),
-    )
-    .expect("testdata/digits_test.csv");
+    let csv = std::fs::read_to_string(testkit::model_file("digits_test.csv"))
+        .expect("testdata/models/digits_test.csv");
     let first = csv.lines().next().expect("a row");
     first
         .split(',')
@@ -208,7 +206,7 @@ async fn metric(addr: &str, name: &str) -> f64 {
 async fn main() {
     let requests = arg("--requests", 300);
     let clients = arg("--clients", 8);
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let models = testkit::model_file("");
     let ocr = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/models/ch_PP-OCRv4_det_infer.onnx");
     let ocr = if ocr.exists() {

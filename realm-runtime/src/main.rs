@@ -10,10 +10,8 @@
 mod budget;
 mod cache;
 mod config;
-mod engine;
 mod metrics;
 mod models;
-mod output;
 mod pool;
 mod provider;
 mod server;

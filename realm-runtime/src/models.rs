@@ -18,9 +18,9 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::cache::{Lookup, ModelCache, Weighted};
-use crate::engine::LoadedModel;
 use crate::metrics::Metrics;
 use crate::provider::{KeyError, ProviderClient};
+use inference::LoadedModel;
 
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

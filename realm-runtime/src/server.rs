@@ -25,12 +25,11 @@ use tracing::{debug, info, warn};
 
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::engine::RunError;
 use crate::metrics::{self, Metrics};
 use crate::models::{ModelError, Models};
-use crate::output::{OutputError, apply};
 use crate::pool::{InferencePool, PoolError};
 use crate::provider::ProviderClient;
+use inference::{OutputError, RunError, apply};
 
 /// What the request handlers share.
 #[derive(Debug)]

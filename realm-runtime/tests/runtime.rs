@@ -7,7 +7,6 @@
 //! --workspace` builds them.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 
 use attestation::atls::Identity;
@@ -21,11 +20,7 @@ use tokio_rustls::client::TlsStream;
 const RUNTIME: &str = env!("CARGO_BIN_EXE_realm-runtime");
 
 fn testdata(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
-        .display()
-        .to_string()
+    testkit::model_file(name).display().to_string()
 }
 
 /// The digits test set: 64 features (already /16) and the label.

@@ -321,3 +321,11 @@ pub async fn connect(
         .map_err(std::io::Error::other)?;
     Ok(framed)
 }
+
+/// A file in the workspace's shared `testdata/models/` (ONNX models and the
+/// digits data; provenance in its `PROVENANCE.md`).
+pub fn model_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/models")
+        .join(name)
+}

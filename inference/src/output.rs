@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use protocol::{InferenceOutput, OutputPolicy};
 use thiserror::Error;
 
-use crate::engine::Scores;
+use crate::Scores;
 
 /// Why the scores cannot be shaped as asked.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -317,7 +317,7 @@ mod tests {
     fn model(name: &str) -> Vec<u8> {
         std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata")
+                .join("../testdata/models")
                 .join(name),
         )
         .unwrap()
