@@ -36,6 +36,9 @@ pub struct InsecureEmulatedPlatform {
     measured_path: PathBuf,
     personalization_value: [u8; 64],
     envelope: Envelope,
+    /// HKDF pseudo-random key from the platform private key: the root of
+    /// emulated sealing keys (anyone with the key file can derive them).
+    sealing_root: ring::hkdf::Prk,
 }
 
 impl std::fmt::Debug for InsecureEmulatedPlatform {
@@ -138,6 +141,11 @@ impl InsecureEmulatedPlatform {
             measured_path: exe,
             personalization_value: [0; 64],
             envelope: Envelope::Tag399,
+            sealing_root: ring::hkdf::Salt::new(
+                ring::hkdf::HKDF_SHA256,
+                super::sealing::EMULATED_SALT,
+            )
+            .extract(der),
         })
     }
 
@@ -274,5 +282,26 @@ impl EvidenceSource for InsecureEmulatedPlatform {
         let token = self.token(challenge)?;
         tracing::warn!(rim = %self.rim.to_hex(), "INSECURE emulated CCA token issued");
         Ok(token)
+    }
+
+    /// HKDF-SHA256 from the platform key (extract, salted) and the RIM and
+    /// personalization value (expand): a different build gets a different
+    /// key, as on Islet. INSECURE: whoever holds the key file can derive it.
+    fn sealing_key(&self) -> Result<super::SealingKey, PlatformError> {
+        let info = [
+            b"sealing-key".as_slice(),
+            self.rim.as_bytes(),
+            &self.personalization_value,
+        ];
+        let mut key = [0u8; 32];
+        self.sealing_root
+            .expand(&info, ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut key))
+            .map_err(|_| PlatformError::Key {
+                path: PathBuf::from("(emulated platform)"),
+                detail: "HKDF expansion failed".into(),
+            })?;
+        tracing::warn!(rim = %self.rim.to_hex(), "INSECURE emulated sealing key derived");
+        Ok(super::SealingKey::new(key))
     }
 }

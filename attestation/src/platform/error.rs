@@ -54,6 +54,15 @@ pub enum PlatformError {
         /// The limit.
         limit: usize,
     },
+    /// This evidence source has no sealing-key interface.
+    #[error(
+        "{platform} has no sealing-key interface (Arm CCA RMM 1.0 defines none; Islet adds one: \
+         use --platform islet in an Islet realm); no key was derived"
+    )]
+    NoSealingKey {
+        /// The source.
+        platform: String,
+    },
     /// Islet's `/dev/rsi` failed.
     #[error("Islet /dev/rsi: {0}")]
     Islet(#[from] islet_rsi::RsiError),

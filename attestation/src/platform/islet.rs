@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{EvidenceSource, PlatformError};
+use super::{EvidenceSource, PlatformError, SealingKey};
 use crate::cca::{Challenge, MAX_TOKEN_SIZE};
 
 /// Evidence from Islet's `/dev/rsi`.
@@ -52,5 +52,17 @@ impl EvidenceSource for IsletRsi {
             });
         }
         Ok(token)
+    }
+
+    /// Islet's vendor sealing key bound to the firmware measurements (VHUK_M)
+    /// and this realm's RIM. Without Islet HES its root is a public constant
+    /// (ISLET.md §2): demo-grade on FVP.
+    fn sealing_key(&self) -> Result<SealingKey, PlatformError> {
+        let rsi = islet_rsi::Rsi::open(&self.device)?;
+        let key = rsi.sealing_key(
+            islet_rsi::SEALING_KEY_FLAG_KEY | islet_rsi::SEALING_KEY_FLAG_RIM,
+            0,
+        )?;
+        Ok(SealingKey::new(key))
     }
 }

@@ -13,10 +13,12 @@
 mod emulated;
 mod error;
 mod islet;
+mod sealing;
 mod tsm;
 
 pub use error::PlatformError;
 pub use islet::IsletRsi;
+pub use sealing::SealingKey;
 pub use tsm::ConfigfsTsm;
 
 use crate::cca::Challenge;
@@ -40,6 +42,13 @@ pub trait EvidenceSource: Send + Sync + std::fmt::Debug {
     fn is_insecure(&self) -> bool;
     /// A token whose realm challenge (claim 10) is `challenge`.
     fn attestation_token(&self, challenge: &Challenge) -> Result<Vec<u8>, PlatformError>;
+    /// This realm's sealing key, bound to its measurement. Sources without
+    /// a sealing interface refuse: nothing is derived in its place.
+    fn sealing_key(&self) -> Result<SealingKey, PlatformError> {
+        Err(PlatformError::NoSealingKey {
+            platform: self.describe(),
+        })
+    }
 }
 
 /// Which evidence source a binary uses (its `--platform` flag).
