@@ -113,6 +113,13 @@ pub fn decide(
     if entry.bundle != hex::encode(bundle_hash) {
         return Err(Denial::WrongBundle);
     }
+    allowed(entry, peer, usage)
+}
+
+/// Whether `peer` may use `entry`'s model for `usage` (whichever bundle it
+/// holds): what a `BundleQuery` is answered by, so only peers that would get
+/// the key learn which bundle is current.
+pub fn allowed(entry: &Entry, peer: &VerifiedPeer, usage: &KeyUsage) -> Result<(), Denial> {
     let rule = &entry.release;
     if !rule.roles.iter().any(|r| r == peer.role.as_str()) {
         return Err(Denial::Role(peer.role.to_string()));

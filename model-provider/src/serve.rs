@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::keystore::Keystore;
-use crate::release::{Denial, decide, usage_name};
+use crate::release::{Denial, allowed, decide, usage_name};
 
 /// What `serve` needs.
 pub struct ServeConfig {
@@ -242,11 +242,44 @@ where
                 };
                 framed.send(&reply).await?;
             }
+            Message::BundleQuery { model_id, usage } => {
+                let reply = {
+                    let mut keystore = keystore.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = keystore.refresh() {
+                        warn!("keystore changed on disk but cannot be re-read: {e:#}");
+                    }
+                    let answer = keystore
+                        .current(&model_id)
+                        .ok_or(Denial::UnknownModel)
+                        .and_then(|e| allowed(e, peer, &usage).map(|()| e));
+                    match answer {
+                        Ok(e) => {
+                            match hex::decode(&e.bundle).ok().and_then(|h| h.try_into().ok()) {
+                                Some(bundle_hash) => Message::SealedModelAnnouncement {
+                                    model_id,
+                                    version: e.version.clone(),
+                                    bundle_hash,
+                                    size: 0,
+                                },
+                                None => {
+                                    Message::error(ErrorCode::Internal, "keystore entry is damaged")
+                                }
+                            }
+                        }
+                        Err(denial) => {
+                            warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                                  usage = usage_name(&usage), "bundle query refused: {denial}");
+                            Message::error(ErrorCode::Refused, "key not released")
+                        }
+                    }
+                };
+                framed.send(&reply).await?;
+            }
             other => {
                 framed
                     .send(&Message::error(
                         ErrorCode::BadRequest,
-                        "this service answers ModelKeyRequest only",
+                        "this service answers ModelKeyRequest and BundleQuery only",
                     ))
                     .await?;
                 return Err(ProtocolError::UnexpectedMessage {

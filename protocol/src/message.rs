@@ -235,6 +235,15 @@ pub enum Message {
         /// Human-readable explanation (never secrets).
         message: String,
     },
+    /// Ask the provider for the current bundle of a model, for `usage`;
+    /// answered with a [`Message::SealedModelAnnouncement`] if this peer
+    /// may have its key, otherwise with the same refusal as a key request.
+    BundleQuery {
+        /// Which model.
+        model_id: String,
+        /// What it would be used for.
+        usage: KeyUsage,
+    },
 }
 
 impl Message {
@@ -277,6 +286,7 @@ impl Message {
             Self::FreshEvidence { .. } => "FreshEvidence",
             Self::Chunk { .. } => "Chunk",
             Self::Error { .. } => "Error",
+            Self::BundleQuery { .. } => "BundleQuery",
         }
     }
 

@@ -87,7 +87,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         any::<u16>().prop_map(|protocol_version| Message::HelloAck { protocol_version }),
-        (text(), any::<[u8; 32]>(), usage).prop_map(|(model_id, bundle_hash, usage)| {
+        (text(), any::<[u8; 32]>(), usage.clone()).prop_map(|(model_id, bundle_hash, usage)| {
             Message::ModelKeyRequest {
                 model_id,
                 bundle_hash,
@@ -180,6 +180,7 @@ fn message() -> impl Strategy<Value = Message> {
                 bytes,
             }),
         (error_code(), text()).prop_map(|(code, message)| Message::Error { code, message }),
+        (text(), usage).prop_map(|(model_id, usage)| Message::BundleQuery { model_id, usage }),
     ]
 }
 

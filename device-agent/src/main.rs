@@ -1,0 +1,425 @@
+//! `device-agent`: the user's side, inside a CCA realm on the phone. It keeps
+//! the user's records sealed to its own measurement and names them by opaque
+//! handles; it sends them only to an admitted runtime (remote inference) or
+//! runs the provider's model itself, kept re-sealed to its measurement
+//! (on-device inference).
+//!
+//! Must never: send a byte of user data to a peer whose role and pinned
+//! measurement were not verified in the handshake, write user data or model
+//! plaintext anywhere but the sealed store, or derive a sealing key on a
+//! platform that has none.
+
+mod connect;
+mod dataset;
+mod identity;
+mod on_device;
+mod remote;
+mod results;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use attestation::atls::PolicyAnchor;
+use attestation::certifier::policy::Role;
+use attestation::platform::{Backend, EvidenceSource};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::connect::{Expected, connect, parse_measurements};
+use crate::dataset::{Dataset, LabelColumn};
+use crate::results::Report;
+use crate::store::{Handle, LocalStore};
+
+const EXAMPLES: &str = "\
+Examples (INSECURE emulated platform on a laptop; in a realm use --platform islet or tsm):
+  P=\"--state agent --platform insecure-emulated --platform-key cpak.key.pem\"
+  device-agent import $P --csv digits_test.csv --labels last          # prints a handle
+  device-agent infer $P --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
+      --allow-insecure-peers --runtime 127.0.0.1:8300 --model digits --handle <HANDLE>
+  device-agent fetch-model $P --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
+      --allow-insecure-peers --provider 127.0.0.1:8200 --store file:///var/lib/cca-ml/blobs --model cnn
+  device-agent infer $P --local --model cnn --handle <HANDLE> --sample-shape 1,8,8 --json";
+
+#[derive(Parser, Debug)]
+#[command(name = "device-agent", version, about = "Keep user data sealed in the realm; infer remotely at an attested runtime or on-device", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the agent keeps its sealed state and gets its evidence.
+#[derive(Args, Debug)]
+struct Realm {
+    /// State directory (sealed records, models, identity).
+    #[arg(long)]
+    state: PathBuf,
+    /// Evidence and sealing-key source.
+    #[arg(long, value_enum)]
+    platform: Backend,
+    /// Emulated platform key (with --platform insecure-emulated).
+    #[arg(long)]
+    platform_key: Option<PathBuf>,
+}
+
+impl Realm {
+    fn platform(&self) -> Result<Arc<dyn EvidenceSource>> {
+        Ok(self.platform.open(self.platform_key.as_deref())?)
+    }
+
+    fn store(&self, platform: &dyn EvidenceSource) -> Result<LocalStore> {
+        let key = platform
+            .sealing_key()
+            .context("the local store needs this realm's sealing key")?;
+        Ok(LocalStore::open(&self.state, &key)?)
+    }
+}
+
+/// How the agent is admitted and checks peers (needed to talk to anyone).
+#[derive(Args, Debug)]
+struct Admission {
+    /// Certifier service address.
+    #[arg(long)]
+    certifier: Option<String>,
+    /// The policy certificate (DER), the only trust root.
+    #[arg(long)]
+    policy_cert: Option<PathBuf>,
+    /// Accept peers admitted on the INSECURE emulated platform.
+    #[arg(long)]
+    allow_insecure_peers: bool,
+}
+
+impl Admission {
+    /// The certifier address and the policy anchor, or what is missing.
+    fn require(&self) -> Result<(String, PolicyAnchor)> {
+        let (Some(certifier), Some(cert)) = (&self.certifier, &self.policy_cert) else {
+            bail!("talking to a runtime or provider needs --certifier ADDR and --policy-cert FILE");
+        };
+        let der = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        let anchor = PolicyAnchor::from_certificate_der(&der).context("the policy certificate")?;
+        Ok((certifier.clone(), anchor))
+    }
+}
+
+/// Which data to run.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Input {
+    /// A handle from `import`.
+    #[arg(long)]
+    handle: Option<String>,
+    /// A tensor file: {"shape": [...], "dtype": "f32"|"i64"|"u8", "data": [...]}.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// A CSV file, one sample per row (batch mode).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Labels {
+    /// No label column.
+    None,
+    /// The last column is the true label (accuracy is reported).
+    Last,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Import a CSV or tensor file into the sealed store; prints its handle.
+    Import {
+        #[command(flatten)]
+        realm: Realm,
+        /// CSV file (no header), one sample per row.
+        #[arg(long, conflicts_with = "tensor", required_unless_present = "tensor")]
+        csv: Option<PathBuf>,
+        /// Tensor JSON file (one sample).
+        #[arg(long)]
+        tensor: Option<PathBuf>,
+        /// CSV label column.
+        #[arg(long, value_enum, default_value = "none")]
+        labels: Labels,
+        /// Shape of one CSV sample without the batch axis, e.g. 1,8,8 [default: the columns].
+        #[arg(long)]
+        sample_shape: Option<String>,
+    },
+    /// List stored handles.
+    List {
+        #[command(flatten)]
+        realm: Realm,
+    },
+    /// Erase a handle's data.
+    Delete {
+        #[command(flatten)]
+        realm: Realm,
+        /// The handle.
+        #[arg(long)]
+        handle: String,
+    },
+    /// Run a model on data: at an attested runtime, or with --local on this device.
+    Infer {
+        #[command(flatten)]
+        realm: Realm,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        input: Input,
+        /// CSV label column (with --csv).
+        #[arg(long, value_enum, default_value = "last")]
+        labels: Labels,
+        /// Shape of one CSV sample without the batch axis (with --csv).
+        #[arg(long)]
+        sample_shape: Option<String>,
+        /// Run the model fetched with `fetch-model` here, in the realm.
+        #[arg(long)]
+        local: bool,
+        /// Runtime address (remote inference).
+        #[arg(long, required_unless_present = "local", conflicts_with = "local")]
+        runtime: Option<String>,
+        /// Accept only a runtime with this measurement (hex; repeat) [default: any the policy trusts].
+        #[arg(long = "runtime-measurement")]
+        runtime_measurements: Vec<String>,
+        #[command(flatten)]
+        admission: Admission,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Get a model for on-device use and keep it sealed to this realm.
+    FetchModel {
+        #[command(flatten)]
+        realm: Realm,
+        #[command(flatten)]
+        admission: Admission,
+        /// Model provider address.
+        #[arg(long)]
+        provider: String,
+        /// Accept only a provider with this measurement (hex; repeat).
+        #[arg(long = "provider-measurement")]
+        provider_measurements: Vec<String>,
+        /// Blob store URL holding the sealed bundles.
+        #[arg(long)]
+        store: String,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Pin the model's input shape, D,D,... (as sealed with `model-provider seal --input-shape`).
+        #[arg(long)]
+        input_shape: Option<String>,
+    },
+}
+
+fn shape(s: &Option<String>) -> Result<Option<Vec<u64>>> {
+    s.as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|d| d.trim().parse::<u64>())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("shape {s:?} is not D,D,..."))
+        })
+        .transpose()
+}
+
+fn read_csv(path: &Path, labels: Labels, sample_shape: &Option<String>) -> Result<Dataset> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let labels = match labels {
+        Labels::None => LabelColumn::None,
+        Labels::Last => LabelColumn::Last,
+    };
+    let shape = shape(sample_shape)?;
+    dataset::parse_csv(&text, labels, shape.as_deref())
+        .with_context(|| format!("{} is not usable", path.display()))
+}
+
+fn read_tensor(path: &Path) -> Result<Dataset> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    dataset::parse_tensor_json(&text).with_context(|| format!("{} is not usable", path.display()))
+}
+
+fn progress(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    if n < 2 || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} samples {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Import {
+            realm,
+            csv,
+            tensor,
+            labels,
+            sample_shape,
+        } => {
+            let platform = realm.platform()?;
+            let store = realm.store(platform.as_ref())?;
+            let data = match (csv, tensor) {
+                (Some(csv), _) => read_csv(&csv, labels, &sample_shape)?,
+                (None, Some(t)) => read_tensor(&t)?,
+                (None, None) => bail!("give --csv or --tensor"),
+            };
+            let handle = store.import(&data)?;
+            eprintln!(
+                "imported {} samples{}",
+                data.samples.len(),
+                if data.labels.is_some() {
+                    " with labels"
+                } else {
+                    ""
+                }
+            );
+            println!("{handle}");
+        }
+        Command::List { realm } => {
+            let platform = realm.platform()?;
+            let store = realm.store(platform.as_ref())?;
+            for (handle, size) in store.list()? {
+                println!("{handle} {size:>10}");
+            }
+        }
+        Command::Delete { realm, handle } => {
+            let platform = realm.platform()?;
+            let store = realm.store(platform.as_ref())?;
+            let h: Handle = handle.parse()?;
+            store.delete(&h)?;
+            eprintln!("erased {h}");
+        }
+        Command::Infer {
+            realm,
+            model,
+            input,
+            labels,
+            sample_shape,
+            local,
+            runtime,
+            runtime_measurements,
+            admission,
+            json,
+        } => {
+            let platform = realm.platform()?;
+            // The store is needed for handles, local models and identity reuse.
+            let store = match realm.store(platform.as_ref()) {
+                Ok(s) => Some(s),
+                Err(e) if local || input.handle.is_some() => return Err(e),
+                Err(e) => {
+                    eprintln!("note: no sealed store, admitting afresh ({e:#})");
+                    None
+                }
+            };
+            let data = match (&input.handle, &input.input, &input.csv) {
+                (Some(h), _, _) => {
+                    let h: Handle = h.parse()?;
+                    store
+                        .as_ref()
+                        .context("the sealed store is unavailable")?
+                        .load(&h)?
+                }
+                (None, Some(f), _) => read_tensor(f)?,
+                (None, None, Some(c)) => read_csv(c, labels, &sample_shape)?,
+                (None, None, None) => bail!("give --handle, --input or --csv"),
+            };
+            let bar = progress(data.samples.len());
+            let (outputs, place) = if local {
+                let store = store.as_ref().context("the sealed store is unavailable")?;
+                (
+                    on_device::infer(store, &model, &data.samples, &bar)?,
+                    "on-device",
+                )
+            } else {
+                let runtime = runtime.context("--runtime ADDR is required without --local")?;
+                let (certifier, anchor) = admission.require()?;
+                let identity = identity::device_identity(
+                    store.as_ref(),
+                    platform.as_ref(),
+                    &certifier,
+                    &anchor,
+                )
+                .await?;
+                let expected = Expected {
+                    role: Role::runtime(),
+                    measurements: parse_measurements(&runtime_measurements)?,
+                    allow_insecure: admission.allow_insecure_peers,
+                };
+                let mut conn = connect(&runtime, &identity, &anchor, &certifier, &expected).await?;
+                (
+                    remote::infer(&mut conn, &model, &data.samples, &bar).await?,
+                    "remote",
+                )
+            };
+            bar.finish_and_clear();
+            Report {
+                model: &model,
+                place,
+                outputs,
+                labels: data.labels.as_deref(),
+            }
+            .print(json);
+        }
+        Command::FetchModel {
+            realm,
+            admission,
+            provider,
+            provider_measurements,
+            store,
+            model,
+            input_shape,
+        } => {
+            let platform = realm.platform()?;
+            let local = realm.store(platform.as_ref())?;
+            let (certifier, anchor) = admission.require()?;
+            let identity =
+                identity::device_identity(Some(&local), platform.as_ref(), &certifier, &anchor)
+                    .await?;
+            let expected = Expected {
+                role: Role::provider(),
+                measurements: parse_measurements(&provider_measurements)?,
+                allow_insecure: admission.allow_insecure_peers,
+            };
+            let mut conn = connect(&provider, &identity, &anchor, &certifier, &expected).await?;
+            let input_shape =
+                shape(&input_shape)?.map(|v| v.into_iter().map(|d| d as usize).collect());
+            let (version, size) =
+                on_device::fetch_model(&mut conn, &store, &model, input_shape, &local).await?;
+            eprintln!("model {model} version {version} ({size} bytes) is sealed to this realm");
+        }
+    }
+    Ok(())
+}
