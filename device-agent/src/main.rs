@@ -9,14 +9,6 @@
 //! plaintext anywhere but the sealed store, or derive a sealing key on a
 //! platform that has none.
 
-mod connect;
-mod dataset;
-mod identity;
-mod on_device;
-mod remote;
-mod results;
-mod store;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,10 +20,11 @@ use attestation::platform::{Backend, EvidenceSource};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::connect::{Expected, connect, parse_measurements};
-use crate::dataset::{Dataset, LabelColumn};
-use crate::results::Report;
-use crate::store::{Handle, LocalStore};
+use device_agent::connect::{Expected, connect, parse_measurements};
+use device_agent::dataset::{self, Dataset, LabelColumn};
+use device_agent::results::Report;
+use device_agent::store::{Handle, LocalStore};
+use device_agent::{identity, on_device, remote};
 
 const EXAMPLES: &str = "\
 Examples (INSECURE emulated platform on a laptop; in a realm use --platform islet or tsm):

@@ -1,0 +1,18 @@
+//! The device agent's parts, as a library so its benchmark can drive them
+//! directly; the `device-agent` binary (`main.rs`) is the only user in the
+//! product. See `main.rs` for what the agent is for and must never do.
+//!
+//! * [`store`]: records, models and secrets sealed to this realm's sealing key.
+//! * [`dataset`]: CSV and tensor files in, samples out (pure, bounded).
+//! * [`identity`]: the agent's admission certificate, reused while valid.
+//! * [`connect`]: attested TLS to a runtime or provider, peer checked first.
+//! * [`remote`], [`on_device`]: the two ways to run a model.
+//! * [`results`]: predictions, accuracy, JSON.
+
+pub mod connect;
+pub mod dataset;
+pub mod identity;
+pub mod on_device;
+pub mod remote;
+pub mod results;
+pub mod store;
