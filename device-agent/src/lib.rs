@@ -7,10 +7,12 @@
 //! * [`identity`]: the agent's admission certificate, reused while valid.
 //! * [`connect`]: attested TLS to a runtime or provider, peer checked first.
 //! * [`remote`], [`on_device`]: the two ways to run a model.
+//! * [`federated`]: local training for a runtime's federated task.
 //! * [`results`]: predictions, accuracy, JSON.
 
 pub mod connect;
 pub mod dataset;
+pub mod federated;
 pub mod identity;
 pub mod on_device;
 pub mod remote;

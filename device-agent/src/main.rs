@@ -24,7 +24,7 @@ use device_agent::connect::{Expected, connect, parse_measurements};
 use device_agent::dataset::{self, Dataset, LabelColumn};
 use device_agent::results::Report;
 use device_agent::store::{Handle, LocalStore};
-use device_agent::{identity, on_device, remote};
+use device_agent::{federated, identity, on_device, remote};
 
 const EXAMPLES: &str = "\
 Examples (INSECURE emulated platform on a laptop; in a realm use --platform islet or tsm):
@@ -178,6 +178,37 @@ enum Command {
         #[command(flatten)]
         admission: Admission,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take part in a runtime's federated-learning task with a labelled handle.
+    Train {
+        #[command(flatten)]
+        realm: Realm,
+        #[command(flatten)]
+        admission: Admission,
+        /// Runtime address.
+        #[arg(long)]
+        runtime: String,
+        /// Accept only a runtime with this measurement (hex; repeat).
+        #[arg(long = "runtime-measurement")]
+        runtime_measurements: Vec<String>,
+        /// The federated task.
+        #[arg(long)]
+        task: String,
+        /// A labelled handle from `import` (64 features per sample).
+        #[arg(long)]
+        handle: String,
+        /// Rounds to take part in (stops earlier when the task completes).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Local epochs per round.
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// SGD learning rate.
+        #[arg(long, default_value_t = 0.5)]
+        learning_rate: f32,
+        /// Print one JSON object at the end.
         #[arg(long)]
         json: bool,
     },
@@ -385,6 +416,64 @@ async fn run(command: Command) -> Result<()> {
                 labels: data.labels.as_deref(),
             }
             .print(json);
+        }
+        Command::Train {
+            realm,
+            admission,
+            runtime,
+            runtime_measurements,
+            task,
+            handle,
+            rounds,
+            epochs,
+            learning_rate,
+            json,
+        } => {
+            let platform = realm.platform()?;
+            let store = realm.store(platform.as_ref())?;
+            let data = store.load(&handle.parse()?)?;
+            let (certifier, anchor) = admission.require()?;
+            let identity =
+                identity::device_identity(Some(&store), platform.as_ref(), &certifier, &anchor)
+                    .await?;
+            let expected = Expected {
+                role: Role::runtime(),
+                measurements: parse_measurements(&runtime_measurements)?,
+                allow_insecure: admission.allow_insecure_peers,
+            };
+            let mut conn = connect(&runtime, &identity, &anchor, &certifier, &expected).await?;
+            let cfg = fl::train::TrainConfig {
+                epochs,
+                batch_size: 32,
+                learning_rate,
+                optimizer: fl::train::Optimizer::Sgd,
+                seed: 1,
+            };
+            let logs = federated::participate(&mut conn, &task, &data, rounds, &cfg, |l| {
+                if !json {
+                    match (l.accepted, &l.reason) {
+                        (None, _) => println!(
+                            "final global model (after round {}): accuracy on this device's data {:.4}",
+                            l.round.saturating_sub(1),
+                            l.global_accuracy
+                        ),
+                        (Some(true), _) => println!(
+                            "round {}: global model accuracy on this device's data {:.4}; update accepted",
+                            l.round, l.global_accuracy
+                        ),
+                        (Some(false), r) => println!(
+                            "round {}: global model accuracy {:.4}; update REFUSED: {}",
+                            l.round,
+                            l.global_accuracy,
+                            r.as_deref().unwrap_or("no reason given")
+                        ),
+                    }
+                }
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::json!({ "task": task, "rounds": logs }));
+            }
         }
         Command::FetchModel {
             realm,

@@ -244,6 +244,13 @@ pub enum Message {
         /// What it would be used for.
         usage: KeyUsage,
     },
+    /// A device asks to take part in the next round of a federated task; the
+    /// aggregator answers with a [`Message::RoundAnnouncement`] followed by
+    /// the global model (ONNX) as chunks with `stream_id` = the round number.
+    JoinRound {
+        /// The federated task.
+        task: String,
+    },
 }
 
 impl Message {
@@ -287,6 +294,7 @@ impl Message {
             Self::Chunk { .. } => "Chunk",
             Self::Error { .. } => "Error",
             Self::BundleQuery { .. } => "BundleQuery",
+            Self::JoinRound { .. } => "JoinRound",
         }
     }
 

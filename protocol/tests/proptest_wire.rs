@@ -181,6 +181,7 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         (error_code(), text()).prop_map(|(code, message)| Message::Error { code, message }),
         (text(), usage).prop_map(|(model_id, usage)| Message::BundleQuery { model_id, usage }),
+        text().prop_map(|task| Message::JoinRound { task }),
     ]
 }
 

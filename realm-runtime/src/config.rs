@@ -13,7 +13,10 @@ use clap::Args;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::federated::FlConfig;
 use crate::models::ModelSpec;
+use fl::aggregate::{Aggregator, Rule};
+use fl::train::Arch;
 
 /// Flags of `serve` (each overrides the same key in `--config`).
 #[derive(Args, Debug, Default)]
@@ -73,6 +76,69 @@ pub struct ServeArgs {
     /// Seconds between fetches of the certifier's revocations [default: 60].
     #[arg(long)]
     pub revocation_refresh_secs: Option<u64>,
+    /// Coordinate a federated-learning task of this name (devices join it).
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_task: Option<String>,
+    /// Global model: softmax (64→10) or mlp (64→32→10).
+    #[arg(long, default_value = "softmax", help_heading = "Federated learning")]
+    pub fl_arch: String,
+    /// Aggregation rule: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M.
+    #[arg(long, default_value = "median", help_heading = "Federated learning")]
+    pub fl_rule: String,
+    /// Per-update L2 clipping norm (0 = none).
+    #[arg(long, default_value_t = 2.0, help_heading = "Federated learning")]
+    pub fl_clip: f32,
+    /// Gaussian noise multiplier z for central DP (needs clipping; 0 = none).
+    #[arg(long, default_value_t = 0.0, help_heading = "Federated learning")]
+    pub fl_noise: f64,
+    /// Updates needed to aggregate a round.
+    #[arg(long, default_value_t = 2, help_heading = "Federated learning")]
+    pub fl_min_clients: usize,
+    /// Updates that close a round early.
+    #[arg(long, default_value_t = 10, help_heading = "Federated learning")]
+    pub fl_max_clients: usize,
+    /// Seconds a round accepts updates (stragglers after it are refused).
+    #[arg(long, default_value_t = 60, help_heading = "Federated learning")]
+    pub fl_deadline_secs: u64,
+    /// Rounds to run.
+    #[arg(long, default_value_t = 10, help_heading = "Federated learning")]
+    pub fl_rounds: u64,
+}
+
+impl ServeArgs {
+    fn federated(&self) -> Result<Option<FlConfig>, ConfigError> {
+        let Some(task) = &self.fl_task else {
+            return Ok(None);
+        };
+        let bad = |m: String| ConfigError::Invalid(m);
+        let arch = match self.fl_arch.as_str() {
+            "softmax" => Arch::SoftmaxRegression,
+            "mlp" => Arch::Mlp { hidden: 32 },
+            other => return Err(bad(format!("--fl-arch {other:?}: softmax or mlp"))),
+        };
+        let rule: Rule = self
+            .fl_rule
+            .parse()
+            .map_err(|e| bad(format!("--fl-rule: {e}")))?;
+        if self.fl_min_clients == 0 || self.fl_max_clients < self.fl_min_clients {
+            return Err(bad(
+                "--fl-min-clients must be ≥ 1 and ≤ --fl-max-clients".into()
+            ));
+        }
+        Ok(Some(FlConfig {
+            task: task.clone(),
+            arch,
+            aggregator: Aggregator {
+                rule,
+                clip_norm: (self.fl_clip > 0.0).then_some(self.fl_clip),
+                noise_multiplier: (self.fl_noise > 0.0).then_some(self.fl_noise),
+            },
+            min_clients: self.fl_min_clients,
+            max_clients: self.fl_max_clients,
+            deadline: std::time::Duration::from_secs(self.fl_deadline_secs.max(1)),
+            rounds: self.fl_rounds.max(1),
+        }))
+    }
 }
 
 /// The TOML file (same names as the flags, with underscores).
@@ -165,6 +231,8 @@ pub struct Config {
     pub max_message: usize,
     /// Revocation refresh period, seconds.
     pub revocation_refresh_secs: u64,
+    /// Federated-learning coordination, if enabled.
+    pub federated: Option<FlConfig>,
 }
 
 fn bundle_id(id: &str, hex: &str) -> Result<BlobId, ConfigError> {
@@ -262,6 +330,7 @@ impl Config {
             })?;
             spec.input_shape = Some(parse_shape(id, shape)?);
         }
+        let federated = args.federated()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_message = args.max_message_mb.or(f.max_message_mb).unwrap_or(16);
         if !(1..=1024).contains(&max_message) {
@@ -311,6 +380,7 @@ impl Config {
                 .or(f.revocation_refresh_secs)
                 .unwrap_or(60)
                 .max(1),
+            federated,
         })
     }
 }

@@ -10,6 +10,7 @@
 mod budget;
 mod cache;
 mod config;
+mod federated;
 mod metrics;
 mod models;
 mod pool;

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::Budgets;
 use crate::config::Config;
+use crate::federated::{Coordinator, Joined};
 use crate::metrics::{self, Metrics};
 use crate::models::{ModelError, Models};
 use crate::pool::{InferencePool, PoolError};
@@ -35,6 +36,7 @@ use inference::{OutputError, RunError, apply};
 #[derive(Debug)]
 struct Runtime {
     models: Arc<Models>,
+    fl: Option<Arc<Coordinator>>,
     pool: InferencePool,
     budgets: Budgets,
     metrics: Arc<Metrics>,
@@ -173,8 +175,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg.cache_bytes,
         (cfg.cache_bytes as u64).max(MIN_MAX_BUNDLE),
     ));
+    let fl = match cfg.federated.clone() {
+        Some(c) => Some(Coordinator::start(c)?),
+        None => None,
+    };
     let rt = Arc::new(Runtime {
         models: models.clone(),
+        fl,
         pool: InferencePool::new(cfg.workers, cfg.queue),
         budgets: Budgets::default(),
         metrics: metrics.clone(),
@@ -310,6 +317,8 @@ where
         .try_into()
         .unwrap_or([0; 32]);
     framed.server_hello().await?;
+    // The last federated round this device sent an update to.
+    let mut submitted: Option<u64> = None;
     loop {
         let message = match framed.recv().await {
             Ok(m) => m,
@@ -344,6 +353,66 @@ where
                 rt.metrics.latency.observe(started.elapsed().as_secs_f64());
                 reply
             }
+            Message::JoinRound { task } => match &rt.fl {
+                Some(fl) if fl.task() == task => {
+                    let (info, done) = match fl.join(submitted).await {
+                        Joined::Train(info) => (info, false),
+                        Joined::Done(info) => (info, true),
+                    };
+                    let head = if done {
+                        Message::RoundResult {
+                            round: info.number,
+                            accepted: true,
+                            new_model_hash: Some(info.model_hash),
+                            reason: Some("task complete: final global model follows".into()),
+                        }
+                    } else {
+                        let left = info.closes.saturating_duration_since(Instant::now());
+                        Message::RoundAnnouncement {
+                            round: info.number,
+                            model_hash: info.model_hash,
+                            deadline_secs: u32::try_from(left.as_secs()).unwrap_or(u32::MAX),
+                            min_clients: u32::try_from(fl.min_clients()).unwrap_or(u32::MAX),
+                        }
+                    };
+                    framed.send(&head).await?;
+                    framed.send_large(info.number, &info.model).await?;
+                    continue;
+                }
+                _ => Message::error(ErrorCode::NotFound, "no such federated task here"),
+            },
+            Message::ModelUpdate {
+                round,
+                num_samples,
+                delta,
+            } => match &rt.fl {
+                Some(fl) => {
+                    let update = fl::aggregate::Update { delta, num_samples };
+                    match fl.submit(device, round, update).await {
+                        Ok(n) => {
+                            submitted = Some(round);
+                            info!(round, updates = n, "federated update accepted");
+                            Message::RoundResult {
+                                round,
+                                accepted: true,
+                                new_model_hash: None,
+                                reason: None,
+                            }
+                        }
+                        Err(e) => {
+                            rt.metrics.error("fl-update-refused");
+                            info!(round, "federated update refused: {e}");
+                            Message::RoundResult {
+                                round,
+                                accepted: false,
+                                new_model_hash: None,
+                                reason: Some(e.to_string()),
+                            }
+                        }
+                    }
+                }
+                None => Message::error(ErrorCode::NotFound, "no federated task here"),
+            },
             other => {
                 rt.metrics.error("bad-request");
                 Message::error(

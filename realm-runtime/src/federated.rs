@@ -1,0 +1,243 @@
+//! Federated-learning mode: the runtime coordinates rounds of one task.
+//! Admitted devices join, receive the global model (ONNX, parameters as
+//! initializers), train on their own data in their realm and send a delta;
+//! the round state machine (`fl::round`) accepts or refuses each update;
+//! when a round is ready the configured rule aggregates (clipping, optional
+//! noise) and the next round starts from the new global model.
+//!
+//! Must never: let one device's refused update stop the round, wait beyond
+//! the deadline for a device that dropped out, or aggregate an update the
+//! round refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fl::aggregate::{Aggregator, Update};
+use fl::onnx_model;
+use fl::round::{Rejected, Round, RoundConfig, Status};
+use fl::train::{Arch, Params, init};
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+/// What `--fl-*` configures.
+#[derive(Debug, Clone)]
+pub struct FlConfig {
+    /// Task name devices join.
+    pub task: String,
+    /// Model architecture of the global model.
+    pub arch: Arch,
+    /// Aggregation (rule, clipping, noise).
+    pub aggregator: Aggregator,
+    /// Updates needed per round.
+    pub min_clients: usize,
+    /// Updates that end a round early.
+    pub max_clients: usize,
+    /// Round deadline.
+    pub deadline: Duration,
+    /// Rounds to run (then JoinRound is refused).
+    pub rounds: u64,
+}
+
+/// The current round's public facts.
+#[derive(Debug, Clone)]
+pub struct RoundInfo {
+    /// Round number (from 1).
+    pub number: u64,
+    /// The global model devices start from.
+    pub model: Arc<Vec<u8>>,
+    /// SHA-256 of `model`.
+    pub model_hash: [u8; 32],
+    /// When updates stop being accepted.
+    pub closes: Instant,
+}
+
+/// What a joining device gets.
+#[derive(Debug, Clone)]
+pub enum Joined {
+    /// Train from this round's global model.
+    Train(RoundInfo),
+    /// The task is complete; this is the final global model.
+    Done(RoundInfo),
+}
+
+struct State {
+    global: Params,
+    round: Round<[u8; 32]>,
+    info: RoundInfo,
+    rng: Pcg64,
+    completed: u64,
+}
+
+/// The coordinator, shared by the device sessions and its ticking task.
+pub struct Coordinator {
+    config: FlConfig,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("task", &self.config.task)
+            .finish_non_exhaustive()
+    }
+}
+
+fn round_info(
+    number: u64,
+    global: &Params,
+    arch: &Arch,
+    closes: Instant,
+) -> anyhow::Result<RoundInfo> {
+    let model = onnx_model::build(arch, global)?;
+    let hash = ring::digest::digest(&ring::digest::SHA256, &model);
+    let mut model_hash = [0u8; 32];
+    model_hash.copy_from_slice(hash.as_ref());
+    Ok(RoundInfo {
+        number,
+        model: Arc::new(model),
+        model_hash,
+        closes,
+    })
+}
+
+impl Coordinator {
+    /// Start round 1 from a freshly initialised global model.
+    pub fn start(config: FlConfig) -> anyhow::Result<Arc<Self>> {
+        let global = init(&config.arch, 1)?;
+        let now = Instant::now();
+        let info = round_info(1, &global, &config.arch, now + config.deadline)?;
+        let round = Round::new(1, round_config(&config, &global), now);
+        let (changed, _) = watch::channel(1);
+        let this = Arc::new(Self {
+            state: Mutex::new(State {
+                global,
+                round,
+                info,
+                rng: Pcg64::seed_from_u64(0x5eed),
+                completed: 0,
+            }),
+            config,
+            changed,
+        });
+        let ticker = this.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if !ticker.tick(Instant::now()).await {
+                    break;
+                }
+            }
+        });
+        info!(task = %this.config.task, "federated learning: round 1 open");
+        Ok(this)
+    }
+
+    /// The task name.
+    pub fn task(&self) -> &str {
+        &self.config.task
+    }
+
+    /// The round a device should train in: the current one, unless the
+    /// device already sent an update to it, in which case wait for the next;
+    /// or, once every round is done, the final model.
+    pub async fn join(&self, already_in: Option<u64>) -> Joined {
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let s = self.state.lock().await;
+                if s.completed >= self.config.rounds {
+                    return Joined::Done(s.info.clone());
+                }
+                if already_in != Some(s.info.number) {
+                    return Joined::Train(s.info.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                let s = self.state.lock().await;
+                return Joined::Done(s.info.clone());
+            }
+        }
+    }
+
+    /// Updates needed per round.
+    pub fn min_clients(&self) -> usize {
+        self.config.min_clients
+    }
+
+    /// Offer a device's update.
+    pub async fn submit(
+        &self,
+        device: [u8; 32],
+        round: u64,
+        update: Update,
+    ) -> Result<usize, Rejected> {
+        let mut s = self.state.lock().await;
+        s.round.submit(device, round, update, Instant::now())
+    }
+
+    /// Aggregate or restart the round if it is due. Returns false when done.
+    async fn tick(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().await;
+        if s.completed >= self.config.rounds {
+            return false;
+        }
+        let status = s.round.status(now);
+        if status == Status::Collecting {
+            return true;
+        }
+        let number = s.round.number();
+        let fresh = Round::new(number + 1, round_config(&self.config, &s.global), now);
+        let finished = std::mem::replace(&mut s.round, fresh);
+        if status == Status::Ready {
+            let updates = finished.into_updates();
+            let n = updates.len();
+            let len = s.global.len();
+            let state = &mut *s;
+            match self.config.aggregator.run(updates, len, &mut state.rng) {
+                Ok(agg) => match state.global.apply_delta(&agg.delta) {
+                    Ok(()) => info!(
+                        round = number,
+                        updates = n,
+                        clipped = agg.clipped,
+                        "round aggregated"
+                    ),
+                    Err(e) => warn!(round = number, "aggregate not applied: {e}"),
+                },
+                Err(e) => warn!(
+                    round = number,
+                    "aggregation failed, global model unchanged: {e}"
+                ),
+            }
+            s.completed += 1;
+        } else {
+            warn!(
+                round = number,
+                "round failed: fewer than {} updates by the deadline; retrying",
+                self.config.min_clients
+            );
+        }
+        match round_info(
+            number + 1,
+            &s.global,
+            &self.config.arch,
+            now + self.config.deadline,
+        ) {
+            Ok(info) => s.info = info,
+            Err(e) => warn!("cannot encode the global model: {e}"),
+        }
+        let _ = self.changed.send(number + 1);
+        s.completed < self.config.rounds
+    }
+}
+
+fn round_config(c: &FlConfig, global: &Params) -> RoundConfig {
+    RoundConfig {
+        min_clients: c.min_clients,
+        max_clients: c.max_clients,
+        deadline: c.deadline,
+        parameters: global.len(),
+    }
+}
