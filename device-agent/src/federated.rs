@@ -50,6 +50,8 @@ pub fn features(data: &Dataset) -> Result<(Vec<Vec<f32>>, Vec<u32>)> {
 }
 
 /// Take part in up to `rounds` rounds of `task`; `log` is called after each.
+/// Returns the logs and the last global model received (the final one if
+/// the task completed).
 pub async fn participate(
     conn: &mut Conn,
     task: &str,
@@ -57,9 +59,10 @@ pub async fn participate(
     rounds: usize,
     cfg: &TrainConfig,
     mut log: impl FnMut(&RoundLog),
-) -> Result<Vec<RoundLog>> {
+) -> Result<(Vec<RoundLog>, Option<fl::train::Params>)> {
     let (x, y) = features(data)?;
     let mut logs = Vec::new();
+    let mut last = None;
     for _ in 0..rounds {
         conn.send(&Message::JoinRound {
             task: task.to_string(),
@@ -96,6 +99,7 @@ pub async fn participate(
             };
             log(&entry);
             logs.push(entry);
+            last = Some(global);
             break;
         }
         let mut local = global.clone();
@@ -126,7 +130,8 @@ pub async fn participate(
         };
         log(&entry);
         logs.push(entry);
+        last = Some(global);
     }
     let _ = conn.shutdown().await;
-    Ok(logs)
+    Ok((logs, last))
 }

@@ -208,6 +208,9 @@ enum Command {
         /// SGD learning rate.
         #[arg(long, default_value_t = 0.5)]
         learning_rate: f32,
+        /// A labelled handle to evaluate the last global model on (e.g. a test set).
+        #[arg(long)]
+        eval_handle: Option<String>,
         /// Print one JSON object at the end.
         #[arg(long)]
         json: bool,
@@ -427,6 +430,7 @@ async fn run(command: Command) -> Result<()> {
             rounds,
             epochs,
             learning_rate,
+            eval_handle,
             json,
         } => {
             let platform = realm.platform()?;
@@ -449,7 +453,11 @@ async fn run(command: Command) -> Result<()> {
                 optimizer: fl::train::Optimizer::Sgd,
                 seed: 1,
             };
-            let logs = federated::participate(&mut conn, &task, &data, rounds, &cfg, |l| {
+            let eval = match &eval_handle {
+                Some(h) => Some(federated::features(&store.load(&h.parse()?)?)?),
+                None => None,
+            };
+            let (logs, last) = federated::participate(&mut conn, &task, &data, rounds, &cfg, |l| {
                 if !json {
                     match (l.accepted, &l.reason) {
                         (None, _) => println!(
@@ -471,8 +479,20 @@ async fn run(command: Command) -> Result<()> {
                 }
             })
             .await?;
+            let eval_accuracy = match (&eval, &last) {
+                (Some((x, y)), Some(global)) => {
+                    let arch = fl::onnx_model::arch_of(global)?;
+                    Some(fl::train::accuracy(&arch, global, x, y)?)
+                }
+                _ => None,
+            };
             if json {
-                println!("{}", serde_json::json!({ "task": task, "rounds": logs }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "task": task, "rounds": logs, "eval_accuracy": eval_accuracy })
+                );
+            } else if let Some(a) = eval_accuracy {
+                println!("last global model: accuracy {a:.4} on the evaluation handle");
             }
         }
         Command::FetchModel {
