@@ -8,6 +8,7 @@
 
 mod announce;
 mod bundle;
+mod deposit;
 mod keystore;
 mod onnx_scan;
 mod release;
@@ -174,6 +175,12 @@ enum Command {
         /// them; only models released to role runtime for remote-inference.
         #[arg(long = "announce-to", value_name = "ADDR")]
         announce_to: Vec<String>,
+        /// A federated task whose global models runtimes may deposit (repeat).
+        #[arg(long = "federated-task", value_name = "ID")]
+        federated_tasks: Vec<String>,
+        /// Only this runtime measurement (hex) may deposit (repeat) [default: any trusted runtime].
+        #[arg(long = "federated-runtime", value_name = "HEX")]
+        federated_runtimes: Vec<String>,
         /// Seconds between announcements (they also reach restarted runtimes).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         announce_every_secs: u64,
@@ -391,6 +398,8 @@ async fn run(command: Command) -> Result<ExitCode> {
             revocation_refresh_secs,
             announce_to,
             announce_every_secs,
+            federated_tasks,
+            federated_runtimes,
             fresh_evidence,
             keystore,
         } => {
@@ -407,6 +416,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 fresh_evidence,
                 announce_to,
                 announce_every: std::time::Duration::from_secs(announce_every_secs),
+                intake: deposit::Intake {
+                    tasks: federated_tasks,
+                    runtimes: federated_runtimes,
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub announce_to: Vec<String>,
     /// How often to announce.
     pub announce_every: Duration,
+    /// Which federated global models runtimes may deposit.
+    pub intake: crate::deposit::Intake,
 }
 
 /// Why a session ended.
@@ -100,6 +102,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
 
     // Shared by all sessions; re-read when `seal` or `rotate` changes the file.
     let keystore = Arc::new(std::sync::Mutex::new(cfg.keystore));
+    let intake = Arc::new(cfg.intake.clone());
     if !cfg.announce_to.is_empty() {
         let mut runtimes = PeerRequirement::roles([Role::runtime()])?;
         if cfg.allow_insecure_peers {
@@ -123,8 +126,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, keystore, policy_key) =
-            (acceptor.clone(), keystore.clone(), anchor.key().clone());
+        let (acceptor, keystore, policy_key, intake) = (
+            acceptor.clone(),
+            keystore.clone(),
+            anchor.key().clone(),
+            intake.clone(),
+        );
         let fresh = cfg.fresh_evidence.then(|| Fresh {
             own_spki: own_spki.clone(),
             platform: cfg.platform.clone(),
@@ -159,6 +166,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                 &peer,
                 &keystore,
                 fresh.as_ref(),
+                &intake,
             )
             .await
             {
@@ -180,6 +188,7 @@ async fn session<S>(
     peer: &VerifiedPeer,
     keystore: &std::sync::Mutex<Keystore>,
     fresh: Option<&Fresh>,
+    intake: &crate::deposit::Intake,
 ) -> Result<(), SessionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + TlsSession,
@@ -275,11 +284,64 @@ where
                 };
                 framed.send(&reply).await?;
             }
+            Message::ModelKeyDeposit {
+                model_id,
+                version,
+                bundle_hash,
+                key_id,
+                key,
+            } => {
+                let reply = match crate::deposit::check(
+                    intake,
+                    peer,
+                    &model_id,
+                    &key_id,
+                    key.expose(),
+                ) {
+                    Ok(key) => {
+                        let mut ks = keystore.lock().unwrap_or_else(|p| p.into_inner());
+                        let bundle = hex::encode(bundle_hash);
+                        let created = unix_now().max(0) as u64;
+                        match ks
+                            .add(
+                                &model_id,
+                                &version,
+                                &bundle,
+                                &key,
+                                created,
+                                crate::deposit::release_rule(),
+                            )
+                            .and_then(|()| ks.retire(&model_id, &bundle))
+                        {
+                            Ok(()) => {
+                                info!(model = %model_id, %version, %bundle, measurement = %hex::encode(&peer.measurement),
+                                      "federated global model deposited");
+                                Message::SealedModelAnnouncement {
+                                    model_id,
+                                    version,
+                                    bundle_hash,
+                                    size: 0,
+                                }
+                            }
+                            Err(e) => {
+                                warn!(model = %model_id, "deposit could not be stored: {e:#}");
+                                Message::error(ErrorCode::Internal, "deposit not stored")
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                              "deposit refused: {why}");
+                        Message::error(ErrorCode::Refused, "deposit not accepted")
+                    }
+                };
+                framed.send(&reply).await?;
+            }
             other => {
                 framed
                     .send(&Message::error(
                         ErrorCode::BadRequest,
-                        "this service answers ModelKeyRequest and BundleQuery only",
+                        "this service answers ModelKeyRequest, BundleQuery and ModelKeyDeposit only",
                     ))
                     .await?;
                 return Err(ProtocolError::UnexpectedMessage {

@@ -251,6 +251,22 @@ pub enum Message {
         /// The federated task.
         task: String,
     },
+    /// A runtime hands the provider the key of a global model it produced by
+    /// federated learning and sealed into the blob store, so the provider's
+    /// release policy governs it like any other model. Acknowledged with the
+    /// matching [`Message::SealedModelAnnouncement`].
+    ModelKeyDeposit {
+        /// The model (the federated task's name).
+        model_id: String,
+        /// Its version (the round that produced it).
+        version: String,
+        /// SHA-256 of the sealed bundle in the blob store.
+        bundle_hash: [u8; 32],
+        /// Key id as written in the bundle header.
+        key_id: [u8; 16],
+        /// The data-encryption key (redacted in `Debug`, wiped on drop).
+        key: SecretBytes,
+    },
 }
 
 impl Message {
@@ -295,6 +311,7 @@ impl Message {
             Self::Error { .. } => "Error",
             Self::BundleQuery { .. } => "BundleQuery",
             Self::JoinRound { .. } => "JoinRound",
+            Self::ModelKeyDeposit { .. } => "ModelKeyDeposit",
         }
     }
 

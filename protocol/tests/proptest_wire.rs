@@ -182,6 +182,22 @@ fn message() -> impl Strategy<Value = Message> {
         (error_code(), text()).prop_map(|(code, message)| Message::Error { code, message }),
         (text(), usage).prop_map(|(model_id, usage)| Message::BundleQuery { model_id, usage }),
         text().prop_map(|task| Message::JoinRound { task }),
+        (
+            text(),
+            text(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>(),
+            vec(any::<u8>(), 0..48)
+        )
+            .prop_map(|(model_id, version, bundle_hash, key_id, key)| {
+                Message::ModelKeyDeposit {
+                    model_id,
+                    version,
+                    bundle_hash,
+                    key_id,
+                    key: SecretBytes::new(key),
+                }
+            }),
     ]
 }
 

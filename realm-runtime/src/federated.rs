@@ -21,6 +21,11 @@ use rand_pcg::Pcg64;
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
+use blob_store::{AnyStore, BlobId, BlobStore};
+use protocol::sealed::{BundleMeta, DEFAULT_CHUNK_SIZE, ModelKey, seal_bytes};
+
+use crate::provider::ProviderClient;
+
 /// What `--fl-*` configures.
 #[derive(Debug, Clone)]
 pub struct FlConfig {
@@ -38,6 +43,43 @@ pub struct FlConfig {
     pub deadline: Duration,
     /// Rounds to run (then JoinRound is refused).
     pub rounds: u64,
+}
+
+/// Where new global models go: sealed into the blob store under a fresh
+/// key, and the key deposited with the provider, whose release policy then
+/// governs the model like any other.
+#[derive(Debug)]
+pub struct Publisher {
+    /// The blob store.
+    pub store: AnyStore,
+    /// The provider.
+    pub provider: ProviderClient,
+}
+
+impl Publisher {
+    async fn publish(&self, task: &str, round: u64, onnx: &[u8]) -> anyhow::Result<BlobId> {
+        let key = ModelKey::generate()?;
+        let meta = BundleMeta {
+            model_id: task.to_string(),
+            version: round.to_string(),
+            created: u64::try_from(attestation::certifier::client::unix_now()).unwrap_or(0),
+        };
+        let sealed = seal_bytes(onnx, &key, &meta, DEFAULT_CHUNK_SIZE)?;
+        // The store takes files; the sealed bytes are ciphertext, so a temp
+        // file outside the realm's memory reveals nothing.
+        let tmp = std::env::temp_dir().join(format!(
+            "realm-runtime-{}-{task}-{round}.sealed",
+            std::process::id()
+        ));
+        std::fs::write(&tmp, &sealed)?;
+        let stored = self.store.put_file(&tmp).await;
+        let _ = std::fs::remove_file(&tmp);
+        let bundle = stored?;
+        self.provider
+            .deposit(task, &meta.version, &bundle, &key)
+            .await?;
+        Ok(bundle)
+    }
 }
 
 /// The current round's public facts.
@@ -73,6 +115,7 @@ struct State {
 /// The coordinator, shared by the device sessions and its ticking task.
 pub struct Coordinator {
     config: FlConfig,
+    publisher: Option<Arc<Publisher>>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
 }
@@ -105,7 +148,7 @@ fn round_info(
 
 impl Coordinator {
     /// Start round 1 from a freshly initialised global model.
-    pub fn start(config: FlConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn start(config: FlConfig, publisher: Option<Arc<Publisher>>) -> anyhow::Result<Arc<Self>> {
         let global = init(&config.arch, 1)?;
         let now = Instant::now();
         let info = round_info(1, &global, &config.arch, now + config.deadline)?;
@@ -120,6 +163,7 @@ impl Coordinator {
                 completed: 0,
             }),
             config,
+            publisher,
             changed,
         });
         let ticker = this.clone();
@@ -191,7 +235,8 @@ impl Coordinator {
         let number = s.round.number();
         let fresh = Round::new(number + 1, round_config(&self.config, &s.global), now);
         let finished = std::mem::replace(&mut s.round, fresh);
-        if status == Status::Ready {
+        let aggregated = status == Status::Ready;
+        if aggregated {
             let updates = finished.into_updates();
             let n = updates.len();
             let len = s.global.len();
@@ -225,7 +270,23 @@ impl Coordinator {
             &self.config.arch,
             now + self.config.deadline,
         ) {
-            Ok(info) => s.info = info,
+            Ok(info) => {
+                if let (true, Some(p)) = (aggregated, &self.publisher) {
+                    let (p, model, task) =
+                        (p.clone(), info.model.clone(), self.config.task.clone());
+                    tokio::spawn(async move {
+                        match p.publish(&task, number, &model).await {
+                            Ok(bundle) => {
+                                info!(round = number, %bundle, "global model sealed, stored and deposited with the provider")
+                            }
+                            Err(e) => {
+                                warn!(round = number, "publishing the global model failed: {e:#}")
+                            }
+                        }
+                    });
+                }
+                s.info = info;
+            }
             Err(e) => warn!("cannot encode the global model: {e}"),
         }
         let _ = self.changed.send(number + 1);

@@ -64,12 +64,10 @@ impl ProviderClient {
         }
     }
 
-    /// Get the key of `model_id`'s bundle `bundle`, and its serving policy.
-    pub async fn model_key(
+    /// An attested session with the provider, after the hello.
+    async fn session(
         &self,
-        model_id: &str,
-        bundle: &BlobId,
-    ) -> Result<(ModelKey, ServingPolicy), KeyError> {
+    ) -> Result<Framed<tokio_rustls::client::TlsStream<TcpStream>>, KeyError> {
         let unreachable = |reason: String| KeyError::Unreachable {
             addr: self.addr.clone(),
             reason,
@@ -93,6 +91,49 @@ impl ProviderClient {
                 concat!("realm-runtime/", env!("CARGO_PKG_VERSION")),
             )
             .await?;
+        Ok(framed)
+    }
+
+    /// Hand the provider the key of a federated global model sealed into
+    /// the store as `bundle`; the provider acknowledges with an announcement.
+    pub async fn deposit(
+        &self,
+        model_id: &str,
+        version: &str,
+        bundle: &BlobId,
+        key: &ModelKey,
+    ) -> Result<(), KeyError> {
+        let mut framed = self.session().await?;
+        framed
+            .send(&Message::ModelKeyDeposit {
+                model_id: model_id.to_string(),
+                version: version.to_string(),
+                bundle_hash: bundle.0,
+                key_id: *key.key_id().as_bytes(),
+                key: key.to_secret_bytes(),
+            })
+            .await?;
+        let reply = framed.recv().await?;
+        let _ = framed.shutdown().await;
+        match reply {
+            Message::SealedModelAnnouncement { bundle_hash, .. } if bundle_hash == bundle.0 => {
+                Ok(())
+            }
+            Message::Error { .. } => Err(KeyError::Refused(model_id.to_string())),
+            other => Err(KeyError::Protocol(ProtocolError::UnexpectedMessage {
+                expected: "SealedModelAnnouncement",
+                got: other.kind(),
+            })),
+        }
+    }
+
+    /// Get the key of `model_id`'s bundle `bundle`, and its serving policy.
+    pub async fn model_key(
+        &self,
+        model_id: &str,
+        bundle: &BlobId,
+    ) -> Result<(ModelKey, ServingPolicy), KeyError> {
+        let mut framed = self.session().await?;
         framed
             .send(&Message::ModelKeyRequest {
                 model_id: model_id.to_string(),

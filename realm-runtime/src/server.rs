@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::federated::{Coordinator, Joined};
+use crate::federated::{Coordinator, Joined, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::models::{ModelError, Models};
 use crate::pool::{InferencePool, PoolError};
@@ -170,13 +170,19 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let models = Arc::new(Models::new(
         cfg.models,
         store,
-        ProviderClient::new(cfg.provider.clone(), provider_tls),
+        ProviderClient::new(cfg.provider.clone(), provider_tls.clone()),
         metrics.clone(),
         cfg.cache_bytes,
         (cfg.cache_bytes as u64).max(MIN_MAX_BUNDLE),
     ));
     let fl = match cfg.federated.clone() {
-        Some(c) => Some(Coordinator::start(c)?),
+        Some(c) => {
+            let publisher = Publisher {
+                store: AnyStore::open(&cfg.store).context("opening the blob store")?,
+                provider: ProviderClient::new(cfg.provider.clone(), provider_tls.clone()),
+            };
+            Some(Coordinator::start(c, Some(Arc::new(publisher)))?)
+        }
         None => None,
     };
     let rt = Arc::new(Runtime {

@@ -24,7 +24,7 @@ fn result(m: Message) -> (bool, String) {
 
 /// Certifier, provider and a runtime coordinating task "digits" with `fl`
 /// flags. Returns the directory, certifier, processes and runtime address.
-fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, PathBuf) {
+fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, PathBuf, String) {
     let dir = TestDir::new("fl", name);
     let agent = sibling_bin(RUNTIME, "device-agent");
     let provider_bin = sibling_bin(RUNTIME, "model-provider");
@@ -34,7 +34,12 @@ fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, Pat
         ("device", agent.display().to_string()),
     ];
     let certifier = Certifier::start(&sibling_bin(RUNTIME, "certifier-service"), &dir, &trusted);
-    let (provider, provider_addr) = testkit::start_provider(&provider_bin, &dir, &certifier);
+    let (provider, provider_addr) = testkit::start_provider_with(
+        &provider_bin,
+        &dir,
+        &certifier,
+        &["--federated-task", "digits"],
+    );
     let mut r = Command::new(RUNTIME);
     r.args([
         "serve",
@@ -55,7 +60,14 @@ fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, Pat
     r.args(["--allow-insecure-peers", "--fl-task", "digits"]);
     r.args(fl);
     let (runtime, addr) = spawn_server(r);
-    (dir, certifier, vec![provider, runtime], addr, agent)
+    (
+        dir,
+        certifier,
+        vec![provider, runtime],
+        addr,
+        agent,
+        provider_addr,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +82,7 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
         "--fl-rounds",
         "5",
     ];
-    let (_dir, certifier, _procs, addr, agent) = start("bad", &fl);
+    let (_dir, certifier, _procs, addr, agent, _) = start("bad", &fl);
     let me = certifier.admit(&agent, Role::device()).await;
     let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
         .await
@@ -207,11 +219,12 @@ async fn ten_devices_train_close_to_centralized() {
         "--fl-rounds",
         "5",
     ];
-    let (dir, certifier, _procs, addr, agent) = start("ten", &fl);
+    let (dir, certifier, _procs, addr, agent, provider_addr) = start("ten", &fl);
     let train = std::fs::read_to_string(testkit::model_file("digits_train.csv")).unwrap();
     let lines: Vec<&str> = train.lines().collect();
     let test_csv = testkit::model_file("digits_test.csv").display().to_string();
     let mut devices = Vec::new();
+    let mut first_device = None;
     for d in 0..10 {
         let part: Vec<&str> = lines.iter().skip(d).step_by(10).copied().collect();
         let csv = dir.image(&format!("part{d}.csv"), part.join("\n").as_bytes());
@@ -236,6 +249,9 @@ async fn ten_devices_train_close_to_centralized() {
             .to_string()
         };
         let (handle, eval) = (import(&csv), import(&test_csv));
+        if d == 0 {
+            first_device = Some((realm.clone(), eval.clone()));
+        }
         let child = Command::new(&agent)
             .args([
                 "train",
@@ -289,5 +305,57 @@ async fn ten_devices_train_close_to_centralized() {
         (federated[0] - central).abs() <= 0.04,
         "federated {} vs centralized {central}",
         federated[0]
+    );
+
+    // The runtime sealed each new global model into the store and deposited
+    // its key with the provider: a device fetches the final one for
+    // on-device use and gets the same accuracy.
+    let (realm, eval) = first_device.unwrap();
+    let fetch = || {
+        Command::new(&agent)
+            .args([
+                "fetch-model",
+                "--provider",
+                &provider_addr,
+                "--model",
+                "digits",
+            ])
+            .args([
+                "--store",
+                &testkit::store_url(&dir),
+                "--certifier",
+                &certifier.addr,
+            ])
+            .args(["--allow-insecure-peers", "--policy-cert"])
+            .arg(&certifier.policy_cert)
+            .args(&realm)
+            .output()
+            .unwrap()
+    };
+    let local = || {
+        Command::new(&agent)
+            .args([
+                "infer", "--local", "--model", "digits", "--handle", &eval, "--json",
+            ])
+            .args(&realm)
+            .output()
+            .unwrap()
+    };
+    // Publication runs after the last round; wait for it (bounded).
+    let mut correct = 0;
+    for _ in 0..100 {
+        if fetch().status.success() {
+            let v: serde_json::Value = serde_json::from_str(ok(local()).trim()).unwrap();
+            correct = v["correct"].as_u64().unwrap();
+            if (correct as f64 / 360.0 - federated[0]).abs() < 1e-9 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        correct as f64 / 360.0,
+        federated[0],
+        "the published model is the final one"
     );
 }
