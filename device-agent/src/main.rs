@@ -412,11 +412,13 @@ async fn run(command: Command) -> Result<()> {
                 )
             };
             bar.finish_and_clear();
+            let (outputs, latencies) = outputs;
             Report {
                 model: &model,
                 place,
                 outputs,
                 labels: data.labels.as_deref(),
+                latencies,
             }
             .print(json);
         }

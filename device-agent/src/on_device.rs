@@ -104,18 +104,21 @@ pub fn infer(
     model: &str,
     samples: &[Tensor],
     progress: &ProgressBar,
-) -> Result<Vec<InferenceOutput>> {
+) -> Result<(Vec<InferenceOutput>, Vec<std::time::Duration>)> {
     let stored = local.get_model(model)?;
     let loaded = LoadedModel::load(stored.onnx.expose(), stored.input_shape.as_deref())
         .with_context(|| format!("loading model {model:?}"))?;
     drop(stored.onnx);
     let mut outputs = Vec::with_capacity(samples.len());
+    let mut latencies = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
+        let started = std::time::Instant::now();
         let scores = loaded
             .run(sample.clone())
             .map_err(|e| anyhow!("sample {i}: {e}"))?;
         outputs.push(apply(stored.serving.output, scores).map_err(|e| anyhow!("sample {i}: {e}"))?);
+        latencies.push(started.elapsed());
         progress.inc(1);
     }
-    Ok(outputs)
+    Ok((outputs, latencies))
 }

@@ -2,6 +2,8 @@
 //! TLS to a runtime whose role (and, if pinned, measurement) the handshake
 //! has already checked; the outputs come back on the same connection.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Result, anyhow};
 use indicatif::ProgressBar;
 use protocol::{InferenceOutput, Message, Tensor};
@@ -14,9 +16,11 @@ pub async fn infer(
     model: &str,
     samples: &[Tensor],
     progress: &ProgressBar,
-) -> Result<Vec<InferenceOutput>> {
+) -> Result<(Vec<InferenceOutput>, Vec<Duration>)> {
     let mut outputs = Vec::with_capacity(samples.len());
+    let mut latencies = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
+        let started = Instant::now();
         let request_id = i as u64;
         conn.send(&Message::InferenceRequest {
             request_id,
@@ -28,7 +32,10 @@ pub async fn infer(
             Message::InferenceResponse {
                 request_id: r,
                 output,
-            } if r == request_id => outputs.push(output),
+            } if r == request_id => {
+                outputs.push(output);
+                latencies.push(started.elapsed());
+            }
             Message::Error { code, message } => {
                 return Err(anyhow!(
                     "the runtime refused sample {i} ({code:?}): {message}"
@@ -44,5 +51,5 @@ pub async fn infer(
         progress.inc(1);
     }
     let _ = conn.shutdown().await;
-    Ok(outputs)
+    Ok((outputs, latencies))
 }

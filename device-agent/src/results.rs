@@ -30,6 +30,16 @@ pub struct Report<'a> {
     pub outputs: Vec<InferenceOutput>,
     /// True labels, if the data has them.
     pub labels: Option<&'a [i64]>,
+    /// Time per sample: request to response (remote) or the run (on-device).
+    pub latencies: Vec<std::time::Duration>,
+}
+
+/// The `q` quantile of `d` in milliseconds (nearest rank).
+fn quantile_ms(d: &[std::time::Duration], q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = d.iter().map(|x| x.as_secs_f64() * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied()
 }
 
 impl Report<'_> {
@@ -59,6 +69,12 @@ impl Report<'_> {
                 v["correct"] = json!(correct);
                 v["accuracy"] = json!(correct as f64 / n.max(1) as f64);
             }
+            if let (Some(p50), Some(p99)) = (
+                quantile_ms(&self.latencies, 0.5),
+                quantile_ms(&self.latencies, 0.99),
+            ) {
+                v["latency_ms"] = json!({ "p50": p50, "p99": p99 });
+            }
             println!("{v}");
             return;
         }
@@ -80,6 +96,12 @@ impl Report<'_> {
                 self.place,
                 self.outputs.len()
             ),
+        }
+        if let (Some(p50), Some(p99)) = (
+            quantile_ms(&self.latencies, 0.5),
+            quantile_ms(&self.latencies, 0.99),
+        ) {
+            println!("latency per sample: p50 {p50:.3} ms, p99 {p99:.3} ms");
         }
     }
 }
@@ -132,7 +154,12 @@ mod tests {
             place: "remote",
             outputs: vec![InferenceOutput::Label(3), InferenceOutput::Label(2)],
             labels: Some(&labels),
+            latencies: vec![
+                std::time::Duration::from_millis(3),
+                std::time::Duration::from_millis(1),
+            ],
         };
+        assert_eq!(quantile_ms(&r.latencies, 0.5), Some(3.0));
         assert_eq!(r.accuracy(), Some((1, 2)));
     }
 }
