@@ -10,7 +10,7 @@ ALL_BINS=(attest certifier-service model-provider realm-runtime device-agent)
 
 usage() {
     cat <<EOF
-Usage: fvp-scripts/build-aarch64.sh [--static] [--bins LIST] [--out DIR] [--install-prereqs]
+Usage: fvp-scripts/build-aarch64.sh [--static] [--bins LIST] [--out DIR [--strip]] [--install-prereqs]
 
 Cross-builds the release binaries for ${TARGET} with the Debian cross gcc as
 linker and as C compiler (ring, aws-lc-sys and tract-linalg build C/assembly):
@@ -25,6 +25,8 @@ Options:
   --bins LIST        comma-separated subset of the binaries (default: all five),
                      e.g. --bins attest,device-agent
   --out DIR          copy the built binaries into DIR (created if missing)
+  --strip            strip the copies in DIR (aarch64-linux-gnu-strip): the release
+                     profile keeps line tables, so device-agent is ~180 MB unstripped
   --install-prereqs  install what is missing instead of only naming it
                      (apt-get as root; rustup target add)
   -h, --help         this text
@@ -36,8 +38,8 @@ Prerequisites (checked; the exact install command is printed if one is missing):
   ${CROSS_CC}:
                      apt-get install -y gcc-aarch64-linux-gnu   (Debian/Ubuntu)
 
-Binaries land in target/${TARGET}/release/ (cargo keys artifacts by target,
-so this does not disturb host builds). Tested on Debian 12 (bookworm) amd64.
+Binaries land in target/${TARGET}/release/ (or \$CARGO_TARGET_DIR/...; cargo
+keys artifacts by target, so this does not disturb host builds). Tested on Debian 12 (bookworm) amd64.
 EOF
 }
 
@@ -45,6 +47,7 @@ static=0
 out=""
 bins_csv=""
 install=0
+strip=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --static) static=1 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
         --bins) [ $# -ge 2 ] || { echo "error: --bins needs a list" >&2; exit 2; }; bins_csv="$2"; shift ;;
         --bins=*) bins_csv="${1#--bins=}" ;;
         --install-prereqs) install=1 ;;
+        --strip) strip=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -113,6 +117,10 @@ if ! command -v "$CROSS_CC" >/dev/null; then
             sudo apt-get install -y gcc-aarch64-linux-gnu
     fi
 fi
+if [ "$strip" = 1 ] && [ -z "$out" ]; then
+    echo "error: --strip strips the copies made by --out DIR; give --out" >&2
+    exit 2
+fi
 if [ "$missing" = 1 ]; then
     echo "error: prerequisites missing (see above; or re-run with --install-prereqs)" >&2
     exit 1
@@ -139,7 +147,7 @@ cargo build --release --locked --target "$TARGET" "${bin_args[@]}"
 elapsed=$(( $(date +%s) - start ))
 echo "==> built in ${elapsed}s"
 
-dir="target/$TARGET/release"
+dir="${CARGO_TARGET_DIR:-target}/$TARGET/release"
 for b in "${bins[@]}"; do
     [ -x "$dir/$b" ] || { echo "error: $dir/$b was not produced" >&2; exit 1; }
     size=$(stat -c %s "$dir/$b")
@@ -153,6 +161,12 @@ done
 
 if [ -n "$out" ]; then
     mkdir -p "$out"
-    for b in "${bins[@]}"; do cp -f "$dir/$b" "$out/$b"; done
+    for b in "${bins[@]}"; do
+        cp -f "$dir/$b" "$out/$b"
+        if [ "$strip" = 1 ]; then
+            aarch64-linux-gnu-strip "$out/$b"
+            printf '    %-18s %6d KiB stripped\n' "$b" $(($(stat -c %s "$out/$b") / 1024))
+        fi
+    done
     echo "==> copied to $out"
 fi

@@ -10,8 +10,9 @@ banner() {
 +--------------------------------------------------------------------------+
 | UNTESTED: written from Islet's scripts and docs (docs/fvp.md). It has    |
 | never booted an FVP: the project's machines cannot download the FVP or   |
-| Islet. Only --help, the prerequisite checks and --prepare-only (against  |
-| a stand-in Islet tree) ran there. Expect to adjust prompts and timeouts. |
+| Islet. Only --help, the prerequisite checks, --prepare-only (against a   |
+| stand-in Islet tree) and the expect script (against a stand-in console)  |
+| ran there. Expect to adjust prompts and timeouts on a real FVP.          |
 +--------------------------------------------------------------------------+
 EOF
 }
@@ -45,7 +46,7 @@ Steps:
     use: the realm asks once, is refused, and the RIM from the audit log is trusted
  6. boots the FVP (fvp-cca -ro ... --no-telnet), keeps telnet 5003 (RMM) drained,
     drives the console on telnet 5000 with expect: log in, ./launch-ccaml-device.sh net,
-    log into the realm, set its IP and clock, run /shared/ccaml/realm-demo.sh
+    log into the realm, set its IP and clock, run /shared/ccaml/in-realm.sh
  7. in the realm: --platform islet: insmod rsi.ko; attest admit (role device);
     device-agent import, fetch-model (attested TLS to the provider), infer --local
     (expects 340/360), delete. --platform tsm: configfs-tsm evidence (verified on
@@ -116,6 +117,12 @@ case "$platform" in islet|tsm) ;; *) echo "error: --platform must be islet or ts
 [ -n "$islet" ] || { echo "error: --islet DIR is required (set it up with fvp-scripts/islet-setup.sh)" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+abs_dir() { # abs_dir OPTION DIR: print DIR as an absolute path, or fail
+    [ -d "$2" ] || { echo "error: $1 $2: no such directory" >&2; exit 1; }
+    (cd "$2" && pwd)
+}
+[ -z "$bin_dir" ] || bin_dir=$(abs_dir --bin-dir "$bin_dir")
+[ -z "$host_bin_dir" ] || host_bin_dir=$(abs_dir --host-bin-dir "$host_bin_dir")
 
 # ---- 1. prerequisites ----------------------------------------------------------
 fail=0
@@ -150,7 +157,7 @@ log() { printf '\n==> %s\n' "$*"; }
 
 if [ -z "$bin_dir" ]; then
     log "cross-building the realm binaries (static)"
-    "$repo/fvp-scripts/build-aarch64.sh" --static --bins attest,device-agent,realm-runtime --out "$work/aarch64"
+    "$repo/fvp-scripts/build-aarch64.sh" --static --bins attest,device-agent,realm-runtime --out "$work/aarch64" --strip
     bin_dir="$work/aarch64"
 fi
 if [ -z "$host_bin_dir" ]; then
@@ -223,9 +230,9 @@ make_image runtime attest realm-runtime
 mkdir -p "$shared/ccaml/blobs"
 cp "$repo/testdata/models/digits_test.csv" "$shared/ccaml/digits_test.csv"
 challenge=$(openssl rand -hex 64)
-cat >"$shared/ccaml/realm-demo.sh" <<'EOF'
+cat >"$shared/ccaml/in-realm.sh" <<'EOF'
 #!/bin/sh
-# Runs inside the realm (busybox sh). Usage: realm-demo.sh PHASE PLATFORM CERTIFIER PROVIDER EPOCH CHALLENGE
+# Runs inside the realm (busybox sh). Usage: in-realm.sh PHASE PLATFORM CERTIFIER PROVIDER EPOCH CHALLENGE
 set -eu
 phase=$1 platform=$2 cert=$3 prov=$4 epoch=$5 challenge=$6
 B=/opt/cca-ml/bin
@@ -275,11 +282,12 @@ run)
     echo "realm demo done" ;;
 esac
 EOF
-chmod 0755 "$shared/ccaml/realm-demo.sh"
+chmod 0755 "$shared/ccaml/in-realm.sh"
 
 # ---- 5. certifier policy and host services --------------------------------------------
 log "certifier policy (host)"
-rm -rf "$work/svc" "$work/keys.json" "$work/kek.bin" "$shared/ccaml/blobs"
+rm -rf "$work/svc" "$work/keys.json" "$work/kek.bin" "$work/host-emulated.key.pem" \
+    "$work/host-emulated.pub.pem" "$work/device-rim.txt" "$shared/ccaml/blobs"
 mkdir -p "$shared/ccaml/blobs"
 "$host_bin_dir/attest" platform-key generate --out "$work/host-emulated.key.pem" --public-out "$work/host-emulated.pub.pem"
 "$host_bin_dir/certifier-service" init --dir "$work/svc" --insecure-emulated-platform "$work/host-emulated.pub.pem"
@@ -310,16 +318,16 @@ Prepared (--prepare-only). By hand:
       --policy-cert $work/svc/policy_cert.der --platform insecure-emulated \\
       --platform-key $work/host-emulated.key.pem --allow-insecure-peers ${ks[*]} &
   (cd $islet && ./scripts/fvp-cca -ro ${fvp_args[*]} --no-telnet) &
-  telnet localhost 5003 &      # RMM console: keep it connected
+  telnet localhost 5003        # in a second terminal: the RMM console must stay connected
   telnet localhost 5000        # FVP host: log in as root, then
     cd /shared && ./launch-ccaml-device.sh net
   # in the realm (log in as root):
     cd /shared && ./set-realm-ip.sh
-    sh /shared/ccaml/realm-demo.sh tofu $platform $cert_addr $prov_addr \$(date +%s) $challenge   # if no --rim
+    sh /shared/ccaml/in-realm.sh tofu $platform $cert_addr $prov_addr <host epoch seconds> $challenge   # if no --rim
   # on the host: trust the refused RIM from $work/svc/audit.log:
     $host_bin_dir/certifier-service policy trust --dir $work/svc --role device --measurement <RIM>
   # in the realm (set the clock: the realm starts in 1970):
-    sh /shared/ccaml/realm-demo.sh run $platform $cert_addr $prov_addr <host epoch seconds> $challenge
+    sh /shared/ccaml/in-realm.sh run $platform $cert_addr $prov_addr <host epoch seconds> $challenge
 EOF
     exit 0
 fi
@@ -414,7 +422,7 @@ proc prompt {} {
     }
 }
 proc phase {name platform cert prov challenge} {
-    send "sh /shared/ccaml/realm-demo.sh $name $platform $cert $prov [clock seconds] $challenge; echo CCAML-$name-EXIT=\$?\r"
+    send "sh /shared/ccaml/in-realm.sh $name $platform $cert $prov [clock seconds] $challenge; echo CCAML-$name-EXIT=\$?\r"
     expect {
         -re "CCAML-$name-EXIT=(\[0-9\]+)" { return $expect_out(1,string) }
         timeout { puts "\nTIMEOUT in realm phase $name"; exit 2 }

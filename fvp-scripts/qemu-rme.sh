@@ -112,6 +112,10 @@ banner
 case "$mode" in firmware|islet) ;; *) echo "error: --mode must be firmware or islet" >&2; exit 2 ;; esac
 [[ "$boot_timeout" =~ ^[0-9]+$ ]] || { echo "error: --boot-timeout must be a number" >&2; exit 2; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -n "$bin_dir" ]; then
+    [ -d "$bin_dir" ] || { echo "error: --bin-dir $bin_dir: no such directory" >&2; exit 1; }
+    bin_dir=$(cd "$bin_dir" && pwd)
+fi
 
 fail=0
 miss() { echo "missing: $*" >&2; fail=1; }
@@ -125,7 +129,7 @@ if [ "$mode" = islet ]; then
     [ "$fail" = 0 ] || { echo "error: prerequisites missing (see above)" >&2; exit 1; }
     [ "$check" = 0 ] || { echo "prerequisites OK (--check)"; exit 0; }
     if [ -z "$bin_dir" ]; then
-        "$repo/fvp-scripts/build-aarch64.sh" --static --bins attest,device-agent,realm-runtime --out "$islet/out/shared/ccaml/bin"
+        "$repo/fvp-scripts/build-aarch64.sh" --static --bins attest,device-agent,realm-runtime --out "$islet/out/shared/ccaml/bin" --strip
     else
         mkdir -p "$islet/out/shared/ccaml/bin"
         cp -f "$bin_dir"/attest "$bin_dir"/device-agent "$bin_dir"/realm-runtime "$islet/out/shared/ccaml/bin/"

@@ -94,14 +94,14 @@ fi
 [ "$fail" = 0 ] || exit 1
 
 qemu=(qemu-aarch64)
-if [ -x "$bin_dir/attest" ] && command -v file >/dev/null && file -b "$bin_dir/attest" | grep -q 'dynamically linked'; then
-    if [ ! -e "$SYSROOT/lib/ld-linux-aarch64.so.1" ]; then
-        echo "missing: $SYSROOT/lib/ld-linux-aarch64.so.1 for the dynamically linked binaries." >&2
-        echo "    Install with: apt-get install -y libc6-arm64-cross   (or build with --static)" >&2
-        exit 1
-    fi
-    qemu+=(-L "$SYSROOT")
+if command -v file >/dev/null && file -b "$bin_dir/attest" | grep -q 'dynamically linked' &&
+    [ ! -e "$SYSROOT/lib/ld-linux-aarch64.so.1" ]; then
+    echo "missing: $SYSROOT/lib/ld-linux-aarch64.so.1 for the dynamically linked binaries." >&2
+    echo "    Install with: apt-get install -y libc6-arm64-cross   (or build with --static)" >&2
+    exit 1
 fi
+# The aarch64 loader and libraries for dynamic binaries; harmless for static ones.
+[ ! -d "$SYSROOT" ] || qemu+=(-L "$SYSROOT")
 
 # ---- helpers ---------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/qemu-smoke.XXXXXX")
