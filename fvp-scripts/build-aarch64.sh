@@ -84,7 +84,7 @@ need() { # need MESSAGE COMMAND...: report a missing prerequisite, or install it
     local what="$1"; shift
     if [ "$install" = 1 ]; then
         echo "==> installing $what: $*"
-        "$@"
+        "$@" || { echo "error: could not install $what (network?); command was: $*" >&2; exit 1; }
     else
         echo "missing: $what" >&2
         echo "    install with: $*" >&2
@@ -100,7 +100,9 @@ pinned=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 sysroot=$(rustc --print sysroot)
 if [ ! -d "$sysroot/lib/rustlib/$TARGET/lib" ]; then
     if command -v rustup >/dev/null; then
-        need "Rust standard library for $TARGET (toolchain $pinned)" \
+        # rust-std comes from rustup's download server; Debian's libstd-rust-dev
+        # belongs to Debian's older rustc and cannot stand in for the pinned one.
+        need "Rust standard library for $TARGET (toolchain $pinned; downloaded by rustup)" \
             rustup target add "$TARGET" --toolchain "$pinned"
     else
         echo "missing: Rust standard library for $TARGET in $sysroot, and no rustup to add it." >&2
@@ -111,10 +113,10 @@ fi
 if ! command -v "$CROSS_CC" >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
         need "$CROSS_CC (Debian package gcc-aarch64-linux-gnu)" \
-            apt-get install -y gcc-aarch64-linux-gnu
+            sh -c 'apt-get update -qq && apt-get install -y gcc-aarch64-linux-gnu'
     else
         need "$CROSS_CC (Debian package gcc-aarch64-linux-gnu)" \
-            sudo apt-get install -y gcc-aarch64-linux-gnu
+            sudo sh -c 'apt-get update -qq && apt-get install -y gcc-aarch64-linux-gnu'
     fi
 fi
 if [ "$strip" = 1 ] && [ -z "$out" ]; then
