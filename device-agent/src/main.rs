@@ -85,6 +85,26 @@ struct Admission {
 }
 
 impl Admission {
+    /// Admitted (reusing a stored certificate when `store` is given), then
+    /// connected to `addr`, which must hold `role` (and a pinned measurement).
+    async fn connect(
+        &self,
+        store: Option<&LocalStore>,
+        platform: &dyn EvidenceSource,
+        addr: &str,
+        role: Role,
+        pinned: &[String],
+    ) -> Result<device_agent::connect::Conn> {
+        let (certifier, anchor) = self.require()?;
+        let identity = identity::device_identity(store, platform, &certifier, &anchor).await?;
+        let expected = Expected {
+            role,
+            measurements: parse_measurements(pinned)?,
+            allow_insecure: self.allow_insecure_peers,
+        };
+        connect(addr, &identity, &anchor, &certifier, &expected).await
+    }
+
     /// The certifier address and the policy anchor, or what is missing.
     fn require(&self) -> Result<(String, PolicyAnchor)> {
         let (Some(certifier), Some(cert)) = (&self.certifier, &self.policy_cert) else {
@@ -392,20 +412,15 @@ async fn run(command: Command) -> Result<()> {
                 )
             } else {
                 let runtime = runtime.context("--runtime ADDR is required without --local")?;
-                let (certifier, anchor) = admission.require()?;
-                let identity = identity::device_identity(
-                    store.as_ref(),
-                    platform.as_ref(),
-                    &certifier,
-                    &anchor,
-                )
-                .await?;
-                let expected = Expected {
-                    role: Role::runtime(),
-                    measurements: parse_measurements(&runtime_measurements)?,
-                    allow_insecure: admission.allow_insecure_peers,
-                };
-                let mut conn = connect(&runtime, &identity, &anchor, &certifier, &expected).await?;
+                let mut conn = admission
+                    .connect(
+                        store.as_ref(),
+                        platform.as_ref(),
+                        &runtime,
+                        Role::runtime(),
+                        &runtime_measurements,
+                    )
+                    .await?;
                 (
                     remote::infer(&mut conn, &model, &data.samples, &bar).await?,
                     "remote",
@@ -438,16 +453,15 @@ async fn run(command: Command) -> Result<()> {
             let platform = realm.platform()?;
             let store = realm.store(platform.as_ref())?;
             let data = store.load(&handle.parse()?)?;
-            let (certifier, anchor) = admission.require()?;
-            let identity =
-                identity::device_identity(Some(&store), platform.as_ref(), &certifier, &anchor)
-                    .await?;
-            let expected = Expected {
-                role: Role::runtime(),
-                measurements: parse_measurements(&runtime_measurements)?,
-                allow_insecure: admission.allow_insecure_peers,
-            };
-            let mut conn = connect(&runtime, &identity, &anchor, &certifier, &expected).await?;
+            let mut conn = admission
+                .connect(
+                    Some(&store),
+                    platform.as_ref(),
+                    &runtime,
+                    Role::runtime(),
+                    &runtime_measurements,
+                )
+                .await?;
             let cfg = fl::train::TrainConfig {
                 epochs,
                 batch_size: 32,
@@ -508,16 +522,15 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let platform = realm.platform()?;
             let local = realm.store(platform.as_ref())?;
-            let (certifier, anchor) = admission.require()?;
-            let identity =
-                identity::device_identity(Some(&local), platform.as_ref(), &certifier, &anchor)
-                    .await?;
-            let expected = Expected {
-                role: Role::provider(),
-                measurements: parse_measurements(&provider_measurements)?,
-                allow_insecure: admission.allow_insecure_peers,
-            };
-            let mut conn = connect(&provider, &identity, &anchor, &certifier, &expected).await?;
+            let mut conn = admission
+                .connect(
+                    Some(&local),
+                    platform.as_ref(),
+                    &provider,
+                    Role::provider(),
+                    &provider_measurements,
+                )
+                .await?;
             let input_shape =
                 shape(&input_shape)?.map(|v| v.into_iter().map(|d| d as usize).collect());
             let (version, size) =

@@ -184,6 +184,28 @@ pub struct LoadedModel {
     pub bytes: usize,
 }
 
+/// Fix input 0 of `model` to `dims`, keeping its element type; a 0 keeps
+/// that axis symbolic (`N`). For models tract cannot type with symbolic
+/// dimensions; the provider validates and the runtime loads with the same pin.
+pub fn pin_input(model: &mut InferenceModel, dims: &[usize]) -> TractResult<()> {
+    let dt = model
+        .input_fact(0)?
+        .datum_type
+        .concretize()
+        .unwrap_or(DatumType::F32);
+    let shape: TVec<TDim> = dims
+        .iter()
+        .map(|&d| {
+            if d == 0 {
+                model.symbols.sym("N").into()
+            } else {
+                d.into()
+            }
+        })
+        .collect();
+    model.set_input_fact(0, InferenceFact::dt_shape(dt, shape))
+}
+
 fn tract(stage: &'static str) -> impl FnOnce(TractError) -> LoadError {
     move |e| LoadError::Tract {
         stage,
@@ -209,24 +231,7 @@ impl LoadedModel {
             )));
         }
         if let Some(dims) = pinned_input {
-            let old = model
-                .input_fact(0)
-                .map_err(tract("reading the input fact"))?
-                .clone();
-            let dt = old.datum_type.concretize().unwrap_or(DatumType::F32);
-            let shape: TVec<TDim> = dims
-                .iter()
-                .map(|&d| {
-                    if d == 0 {
-                        model.symbols.sym("N").into()
-                    } else {
-                        d.into()
-                    }
-                })
-                .collect();
-            model
-                .set_input_fact(0, InferenceFact::dt_shape(dt, shape))
-                .map_err(tract("pinning the input shape"))?;
+            pin_input(&mut model, dims).map_err(tract("pinning the input shape"))?;
         }
         let optimized = model
             .into_optimized()

@@ -14,6 +14,6 @@ mod output;
 
 pub use engine::{
     ElementType, InputError, InputSpec, LoadError, LoadedModel, MAX_INPUT_ELEMENTS, RunError,
-    Scores,
+    Scores, pin_input,
 };
 pub use output::{OutputError, apply};

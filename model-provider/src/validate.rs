@@ -20,7 +20,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::onnx_scan::{self, Limits};
 
@@ -47,27 +46,12 @@ pub fn validate(path: &Path, pinned_input: Option<&[usize]>) -> Result<ModelSumm
 
 /// Fix input 0 to `dims` (0 = symbolic), keeping its element type.
 fn pin(model: &mut InferenceModel, dims: Option<&[usize]>) -> Result<()> {
-    let Some(dims) = dims else { return Ok(()) };
-    let dt = model
-        .input_fact(0)
-        .map_err(tract_err)?
-        .datum_type
-        .concretize()
-        .unwrap_or(DatumType::F32);
-    let shape: TVec<TDim> = dims
-        .iter()
-        .map(|&d| {
-            if d == 0 {
-                model.symbols.sym("N").into()
-            } else {
-                d.into()
-            }
-        })
-        .collect();
-    model
-        .set_input_fact(0, InferenceFact::dt_shape(dt, shape))
-        .map_err(tract_err)
-        .context("pinning the input shape")
+    match dims {
+        Some(dims) => inference::pin_input(model, dims)
+            .map_err(tract_err)
+            .context("pinning the input shape"),
+        None => Ok(()),
+    }
 }
 
 fn validate_with(
