@@ -102,6 +102,17 @@ impl Demo {
         }
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
+    /// A "rebuilt" copy of binary `name`: `marker` appended, so it runs the
+    /// same but measures differently (as any modified build would).
+    fn rebuild(&self, name: &str, marker: &[u8]) -> Result<PathBuf> {
+        let copy = self.dir.join(format!("{name}-rebuilt"));
+        let mut bytes = std::fs::read(self.b(name))?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(marker);
+        std::fs::write(&copy, bytes)?;
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(copy)
+    }
     fn data(&self, name: &str) -> String {
         self.data.join(name).display().to_string()
     }
@@ -535,14 +546,7 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
 
     say(j, "5. attacks");
     // a. A rebuilt runtime (one byte appended: another measurement) asks to be admitted to get keys.
-    let rebuilt = d.dir.join("realm-runtime-rebuilt");
-    let mut bytes = std::fs::read(d.b("realm-runtime"))?;
-    bytes.extend_from_slice(b"\nrebuilt with a backdoor");
-    std::fs::write(&rebuilt, bytes)?;
-    std::fs::set_permissions(
-        &rebuilt,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    let rebuilt = d.rebuild("realm-runtime", b"rebuilt with a backdoor")?;
     let out = tokio::process::Command::new(&rebuilt)
         .args([
             "serve",
@@ -630,11 +634,7 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
     });
 
     // d. A device build the policy does not trust.
-    let rogue = d.dir.join("device-agent-rogue");
-    let mut bytes = std::fs::read(d.b("device-agent"))?;
-    bytes.extend_from_slice(b"\nexfiltrating build");
-    std::fs::write(&rogue, bytes)?;
-    std::fs::set_permissions(&rogue, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let rogue = d.rebuild("device-agent", b"exfiltrating build")?;
     let mut args = vec![
         "infer",
         "--runtime",
