@@ -4,8 +4,10 @@
 //! the budget is enforced here, inside the realm, not by the client.
 //!
 //! A "device" is one admitted identity (the auth key in its admission
-//! certificate). Re-admitting gives a new identity and a fresh budget; the
-//! certifier's admission rate is what bounds that (see docs/realm-runtime.md).
+//! certificate). Re-admitting gives a new identity and a fresh budget, and
+//! the certifier does not limit how often a device is admitted: a budget
+//! slows extraction by one identity, not by a device that keeps re-admitting
+//! (see docs/threat-model.md).
 //!
 //! Pure apart from the mutex: time is passed in, so tests need no clock.
 

@@ -17,7 +17,7 @@ use fl::onnx_model;
 use fl::round::{Rejected, Round, RoundConfig, Status};
 use fl::train::{Arch, Params, init};
 use rand::SeedableRng;
-use rand_pcg::Pcg64;
+use rand::rngs::{StdRng, SysRng};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
@@ -108,7 +108,10 @@ struct State {
     global: Params,
     round: Round<[u8; 32]>,
     info: RoundInfo,
-    rng: Pcg64,
+    /// Draws the clipping-and-noise randomness. It must be unpredictable:
+    /// noise an observer can regenerate can be subtracted from the published
+    /// model, and the privacy guarantee is gone.
+    rng: StdRng,
     completed: u64,
 }
 
@@ -149,6 +152,8 @@ fn round_info(
 impl Coordinator {
     /// Start round 1 from a freshly initialised global model.
     pub fn start(config: FlConfig, publisher: Option<Arc<Publisher>>) -> anyhow::Result<Arc<Self>> {
+        let rng = StdRng::try_from_rng(&mut SysRng)
+            .map_err(|e| anyhow::anyhow!("the system random source failed: {e}"))?;
         let global = init(&config.arch, 1)?;
         let now = Instant::now();
         let info = round_info(1, &global, &config.arch, now + config.deadline)?;
@@ -159,7 +164,7 @@ impl Coordinator {
                 global,
                 round,
                 info,
-                rng: Pcg64::seed_from_u64(0x5eed),
+                rng,
                 completed: 0,
             }),
             config,
