@@ -504,7 +504,7 @@ fn decide_admits_the_trusted_role_and_explains_every_refusal() {
     let parsed = x509_parser::parse_x509_certificate(&cert).unwrap().1;
     assert_eq!(
         parsed.subject().to_string(),
-        format!("CN=CertifierUsers, O=Measured-{}", hex::encode(&e.rim))
+        format!("O=Measured-{}, CN=CertifierUsers", hex::encode(&e.rim))
     );
     assert_eq!(parsed.issuer().to_string(), "CN=policyAuthority, O=root");
 }
@@ -527,8 +527,23 @@ fn a_policy_is_rejected_whole_if_any_claim_is_not_the_policy_keys() {
         .push(sign_claim(&other, "x", &stmt, "role:runtime", f.now - 1, f.now + 1).unwrap());
     assert_eq!(f.policy().unwrap_err(), PolicyError::WrongSigner(1));
     f.claims.pop();
-    // A trusted measurement without a role, or a verb we do not know.
+    // A measurement trusted the framework's way (empty descriptor) is a
+    // framework app: it grants no role.
     f.add(unary(measurement_entity(&[3; 32]), verb::IS_TRUSTED), "");
+    let p = f.policy().unwrap();
+    assert_eq!(p.framework_measurements().len(), 1);
+    assert_eq!(p.framework_measurements()[0].measurement, vec![3; 32]);
+    assert!(
+        p.measurements()
+            .iter()
+            .all(|m| m.measurement != vec![3; 32])
+    );
+    f.claims.pop();
+    // A trusted measurement with a descriptor we do not know, or a verb we do not know.
+    f.add(
+        unary(measurement_entity(&[3; 32]), verb::IS_TRUSTED),
+        "owner:alice",
+    );
     assert!(matches!(
         f.policy(),
         Err(PolicyError::Unrecognised { index: 1, .. })

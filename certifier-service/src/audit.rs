@@ -33,6 +33,13 @@ pub struct AuditRecord {
     pub reason: String,
     /// True when the evidence came from the INSECURE emulated platform.
     pub insecure: bool,
+    /// `submitted_evidence_type` of the request ("cca-evidence",
+    /// "vse-attestation-package").
+    pub evidence: String,
+    /// "nonce" when the evidence answered a nonce this service issued;
+    /// "no-freshness" when it carried none (framework evidence, admitted only
+    /// where the policy allows it) — such evidence could have been replayed.
+    pub freshness: &'static str,
 }
 
 /// The open log.
@@ -105,6 +112,8 @@ mod tests {
             code: "admitted".into(),
             reason: String::new(),
             insecure: true,
+            evidence: "cca-evidence".into(),
+            freshness: "nonce",
         }
     }
 

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use attestation::certifier::admission::issue_admission_certificate;
+use attestation::certifier::admission::{
+    issue_admission_certificate, issue_framework_admission_certificate,
+};
+use attestation::certifier::claims::sign_claim;
+use attestation::certifier::clause::{key_entity, says, unary, verb};
 use attestation::certifier::decide::{Refusal, decide};
 use attestation::certifier::keys::PublicKey;
 use attestation::certifier::nonce::{NonceError, NonceStore};
@@ -14,6 +18,7 @@ use attestation::certifier::proto::{
     AttestationUserData, TrustRequestMessage, TrustResponseMessage, decode_bounded,
 };
 use attestation::certifier::protocol::*;
+use attestation::certifier::vse::{self, Goal, VseRefusal, verify_package};
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditRecord};
@@ -45,6 +50,7 @@ impl Default for Settings {
 pub struct Service {
     dir: ServiceDir,
     policy_key_pkcs8: Vec<u8>,
+    policy_cert_der: Vec<u8>,
     policy: Mutex<(Option<SystemTime>, Arc<Policy>)>,
     nonces: Mutex<NonceStore>,
     audit: Mutex<AuditLog>,
@@ -68,6 +74,12 @@ impl Failure {
 
 impl From<Refusal> for Failure {
     fn from(r: Refusal) -> Self {
+        Failure::new(r.code(), r.to_string())
+    }
+}
+
+impl From<VseRefusal> for Failure {
+    fn from(r: VseRefusal) -> Self {
         Failure::new(r.code(), r.to_string())
     }
 }
@@ -116,6 +128,7 @@ impl Service {
         }
         Ok(Self {
             policy_key_pkcs8: dir.policy_key_pkcs8()?,
+            policy_cert_der: std::fs::read(dir.path("policy_cert.der"))?,
             policy: Mutex::new((dir.policy_mtime(), Arc::new(policy))),
             nonces: Mutex::new(NonceStore::new(
                 settings.nonce_ttl_secs,
@@ -169,13 +182,17 @@ impl Service {
             .submitted_evidence_type
             .as_deref()
             .unwrap_or_default();
+        if evidence_type == vse::EVIDENCE_TYPE {
+            return self.handle_framework(&request, echo, peer, now);
+        }
         if evidence_type != EVIDENCE_TYPE_CCA {
             return failed(
                 echo,
                 Failure::new(
                     "unsupported-evidence-type",
                     format!(
-                        "evidence type {evidence_type:?} is not accepted; this service takes {EVIDENCE_TYPE_CCA:?}"
+                        "evidence type {evidence_type:?} is not accepted; this service takes {EVIDENCE_TYPE_CCA:?} and the Certifier Framework's {:?}",
+                        vse::EVIDENCE_TYPE
                     ),
                 ),
             );
@@ -212,6 +229,121 @@ impl Service {
         }
     }
 
+    /// A Certifier Framework app's request: `vse-attestation-package`
+    /// evidence, purpose `authentication` (admission certificate) or
+    /// `attestation` (the platform rule).
+    fn handle_framework(
+        &self,
+        request: &TrustRequestMessage,
+        echo: Option<(Option<String>, Option<String>)>,
+        peer: SocketAddr,
+        now: i64,
+    ) -> TrustResponseMessage {
+        let goal = match request.purpose.as_deref() {
+            Some(PURPOSE_AUTHENTICATION) => Goal::Authentication,
+            Some(PURPOSE_ATTESTATION) => Goal::Attestation,
+            other => {
+                return failed(
+                    echo,
+                    Failure::new(
+                        "unsupported-purpose",
+                        format!(
+                            "purpose {other:?} with {:?} evidence; use \"authentication\" or \"attestation\"",
+                            vse::EVIDENCE_TYPE
+                        ),
+                    ),
+                );
+            }
+        };
+        let mut record = AuditRecord {
+            time: now,
+            peer: peer.to_string(),
+            role: String::new(),
+            measurement: String::new(),
+            platform: String::new(),
+            verdict: "refuse",
+            code: String::new(),
+            reason: String::new(),
+            insecure: false,
+            evidence: vse::EVIDENCE_TYPE.into(),
+            freshness: "no-freshness",
+        };
+        let result = self.framework_inner(request, goal, peer, now, &mut record);
+        match &result {
+            Ok(_) => {
+                record.verdict = "admit";
+                record.code = "admitted".into();
+                warn!(%peer, measurement = %record.measurement, purpose = ?goal, "admitted a Certifier Framework app on nonce-less evidence (no-freshness: it could have been replayed)");
+            }
+            Err(f) => {
+                record.code = f.code.clone();
+                record.reason = f.reason.clone();
+                info!(%peer, code = %f.code, "refused framework evidence: {}", f.reason);
+            }
+        }
+        if let Err(e) = lock(&self.audit).append(&record) {
+            warn!("{e:#}");
+        }
+        match result {
+            Ok(artifact) => succeeded(echo, artifact),
+            Err(f) => failed(echo, f),
+        }
+    }
+
+    fn framework_inner(
+        &self,
+        request: &TrustRequestMessage,
+        goal: Goal,
+        peer: SocketAddr,
+        now: i64,
+        record: &mut AuditRecord,
+    ) -> Result<Vec<u8>, Failure> {
+        let package = request
+            .support
+            .as_ref()
+            .ok_or_else(|| Failure::new("malformed-evidence", "no evidence package"))?;
+        let policy = self.current_policy(now);
+        let admitted = verify_package(&policy, package, goal, now)?;
+        record.measurement = hex::encode(admitted.measurement());
+        let internal = |e: String| Failure::new("internal", e);
+        match goal {
+            Goal::Authentication => issue_framework_admission_certificate(
+                &self.policy_key_pkcs8,
+                &self.policy_cert_der,
+                admitted.measurement(),
+                admitted.app_key(),
+                now,
+                self.settings.cert_validity_secs,
+                Some(peer.ip()),
+            )
+            .map_err(|e| internal(e.to_string())),
+            Goal::Attestation => {
+                // The framework's "platform rule": policyKey says appKey
+                // is-trusted-for-attestation, for a year, as its service signs it.
+                let key =
+                    attestation::certifier::keys::SigningKey::from_pkcs8(&self.policy_key_pkcs8)
+                        .map_err(|e| internal(e.to_string()))?;
+                let rule = says(
+                    key_entity(&key.public_key(), "policyKey"),
+                    unary(
+                        key_entity(admitted.app_key(), "appKey"),
+                        verb::IS_TRUSTED_FOR_ATTESTATION,
+                    ),
+                );
+                sign_claim(
+                    &key,
+                    "policyKey",
+                    &rule,
+                    PLATFORM_RULE,
+                    now,
+                    now + 365 * 86_400,
+                )
+                .map(|c| prost::Message::encode_to_vec(&c))
+                .map_err(|e| internal(e.to_string()))
+            }
+        }
+    }
+
     fn authenticate(
         &self,
         request: &TrustRequestMessage,
@@ -228,6 +360,8 @@ impl Service {
             code: String::new(),
             reason: String::new(),
             insecure: false,
+            evidence: EVIDENCE_TYPE_CCA.into(),
+            freshness: "nonce",
         };
         let result = self.authenticate_inner(request, peer, now, &mut record);
         match &result {

@@ -32,7 +32,11 @@ Examples (a laptop demo with the INSECURE emulated platform):
   certifier-service init --dir svc --insecure-emulated-platform cpak.pub.pem
   certifier-service policy trust --dir svc --role runtime --binary target/release/realm-runtime
   certifier-service policy show --dir svc
-  certifier-service serve --dir svc --listen 127.0.0.1:8123";
+  certifier-service serve --dir svc --listen 127.0.0.1:8123
+
+Taking over a Certifier Framework deployment (its apps keep their embedded policy key):
+  certifier-service import-framework --dir svc --policy-key policy_key_file.bin \\
+      --policy-cert policy_cert_file.bin --policy policy.bin --allow-no-freshness";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +67,34 @@ enum Command {
         /// or the private key file). The policy is then marked INSECURE.
         #[arg(long, value_name = "KEYFILE")]
         insecure_emulated_platform: Option<PathBuf>,
+    },
+    /// Create a service directory from a Certifier Framework deployment's
+    /// files, so framework apps are admitted with the policy key they embed.
+    ///
+    /// Reads the framework's policy key (`policy_key_file.bin`, a private RSA
+    /// key_message), policy certificate (`policy_cert_file.bin`, DER) and
+    /// policy (`policy.bin`, a signed_claim_sequence). Every claim must verify
+    /// with that key now; statements this service does not understand are
+    /// left out and listed.
+    ImportFramework {
+        /// Directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The framework's policy_key_file.bin.
+        #[arg(long, value_name = "FILE")]
+        policy_key: PathBuf,
+        /// The framework's policy_cert_file.bin.
+        #[arg(long, value_name = "FILE")]
+        policy_cert: PathBuf,
+        /// The framework's policy.bin.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Accept the framework's nonce-less evidence from the imported
+        /// platform keys. Such evidence can be replayed byte for byte while its
+        /// validity windows last; every admission on it is audited as
+        /// `no-freshness`. Without this flag framework apps are refused.
+        #[arg(long)]
+        allow_no_freshness: bool,
     },
     /// Change or show the policy.
     #[command(subcommand)]
@@ -218,6 +250,53 @@ fn run(command: Command) -> Result<()> {
                 );
             }
         }
+        Command::ImportFramework {
+            dir,
+            policy_key,
+            policy_cert,
+            policy,
+            allow_no_freshness,
+        } => {
+            let read = |p: &Path| {
+                // These files are a few kilobytes; refuse anything absurd before reading it.
+                let len = std::fs::metadata(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .len();
+                if len > 1 << 20 {
+                    bail!(
+                        "{} is {len} bytes; a framework file is a few KiB",
+                        p.display()
+                    );
+                }
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let report = ServiceDir::import_framework(
+                &dir,
+                &read(&policy_key)?,
+                &read(&policy_cert)?,
+                &read(&policy)?,
+                allow_no_freshness,
+                now,
+            )?;
+            println!(
+                "created {} from the framework's files: {} trusted measurement(s), {} platform key(s)",
+                dir.display(),
+                report.measurements,
+                report.platforms
+            );
+            for s in &report.skipped {
+                println!("left out (not understood by this service): {s}");
+            }
+            if allow_no_freshness {
+                println!(
+                    "nonce-less framework evidence is ACCEPTED from those platform keys: it can be replayed while its windows last; admissions are audited as no-freshness"
+                );
+            } else {
+                println!(
+                    "nonce-less framework evidence is refused (re-run with --allow-no-freshness to admit the framework's apps)"
+                );
+            }
+        }
         Command::Policy(PolicyCommand::Trust {
             dir,
             role,
@@ -336,9 +415,31 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
             "personalization-value": m.personalization_value.as_ref().map(hex::encode),
             "revoked": p.revocation(&m.measurement).is_some(),
         })).collect::<Vec<_>>(),
+        "framework-platforms": framework_platforms(p).iter().map(|v| serde_json::json!({
+            "key": key_hex(&v.key),
+            "no-freshness-allowed": v.allow_no_freshness,
+        })).collect::<Vec<_>>(),
+        "framework-measurements": p.framework_measurements().iter().map(|m| serde_json::json!({
+            "measurement": hex::encode(&m.measurement),
+            "revoked": p.revocation(&m.measurement).is_some(),
+        })).collect::<Vec<_>>(),
         "revoked": p.revocations().iter().map(|r| serde_json::json!({
             "measurement": hex::encode(&r.measurement),
             "reason": r.reason,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// One entry per framework platform key (a key may be listed by several
+/// statements; the freshness permission is theirs combined).
+fn framework_platforms(
+    p: &attestation::certifier::policy::Policy,
+) -> Vec<attestation::certifier::policy::VsePlatform> {
+    let mut out: Vec<attestation::certifier::policy::VsePlatform> = Vec::new();
+    for v in p.vse_platforms() {
+        if !out.iter().any(|o| o.key == v.key) {
+            out.extend(p.vse_platform(&v.key));
+        }
+    }
+    out
 }

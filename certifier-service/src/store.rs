@@ -72,18 +72,7 @@ impl ServiceDir {
             );
         }
         let (_, pkcs8) = SigningKey::generate_p256().context("generating the policy key")?;
-        let pem = pem::encode_config(
-            &pem::Pem::new("PRIVATE KEY", pkcs8.clone()),
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        );
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(d.path("policy_key.pem"))
-            .context("creating policy_key.pem")?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
+        d.write_policy_key(&pkcs8)?;
         let cert = policy_certificate(&pkcs8, now, 10).context("making the policy certificate")?;
         write_atomic(&d.path("policy_cert.der"), &cert)?;
         write_atomic(
@@ -107,6 +96,105 @@ impl ServiceDir {
             )?;
         }
         Ok(d)
+    }
+
+    fn write_policy_key(&self, pkcs8: &[u8]) -> Result<()> {
+        let pem = pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", pkcs8.to_vec()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.path("policy_key.pem"))
+            .context("creating policy_key.pem")?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Create a service directory from the Certifier Framework's files, so
+    /// this service signs with the policy key the framework's apps embed:
+    /// `policy_key_file.bin` (a private RSA `key_message`),
+    /// `policy_cert_file.bin` (raw DER) and `policy.bin` (a
+    /// `signed_claim_sequence` of claims signed by that key). Statements this
+    /// service does not understand are left out (they could only add trust)
+    /// and listed in the report. With `allow_no_freshness`, the imported
+    /// platform keys are additionally marked as allowed to send nonce-less
+    /// evidence; without it, such evidence is refused.
+    pub fn import_framework(
+        dir: &Path,
+        policy_key_file: &[u8],
+        policy_cert_der: &[u8],
+        policy_file: &[u8],
+        allow_no_freshness: bool,
+        now: i64,
+    ) -> Result<ImportReport> {
+        let key_message: attestation::certifier::proto::KeyMessage =
+            decode_bounded(policy_key_file).context("the policy key file is not a key_message")?;
+        let key_type = key_message.key_type.clone().unwrap_or_default();
+        if !(key_type.starts_with("rsa-") && key_type.ends_with("-private")) {
+            bail!(
+                "the policy key file holds a {key_type:?} key; import needs the framework's private RSA policy key (rsa-2048-private)"
+            );
+        }
+        let pkcs8 = SigningKey::rsa_pkcs8_from_key_message(&key_message)
+            .context("the policy key file's RSA key does not load")?;
+        let key = SigningKey::from_pkcs8(&pkcs8).context("loading the converted policy key")?;
+        let certified = attestation::certifier::admission::certified_key(policy_cert_der)
+            .context("the policy certificate is not an X.509 certificate")?;
+        if certified != key.public_key() {
+            bail!("the policy certificate is not for the key in the policy key file");
+        }
+        let seq: SignedClaimSequence = decode_bounded(policy_file)
+            .context("the policy file is not a signed_claim_sequence")?;
+        let mut kept = SignedClaimSequence::default();
+        let mut report = ImportReport::default();
+        for (index, claim) in seq.claims.iter().enumerate() {
+            let one = SignedClaimSequence {
+                claims: vec![claim.clone()],
+            };
+            match Policy::load(&one, &key.public_key(), now) {
+                Ok(_) => kept.claims.push(claim.clone()),
+                Err(e @ attestation::certifier::policy::PolicyError::Unrecognised { .. }) => {
+                    report.skipped.push(format!("claim {index}: {e}"));
+                }
+                Err(e) => bail!(
+                    "policy claim {index} does not verify ({e}); the framework would reject the whole policy, and so does this import"
+                ),
+            }
+        }
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = Self {
+            dir: dir.to_path_buf(),
+        };
+        if d.path("policy_key.pem").exists() {
+            bail!(
+                "{} already holds a policy key; refusing to overwrite it",
+                dir.display()
+            );
+        }
+        d.write_policy_key(&pkcs8)?;
+        write_atomic(&d.path("policy_cert.der"), policy_cert_der)?;
+        write_atomic(&d.path("policy.bin"), &kept.encode_to_vec())?;
+        let policy = d.policy(now)?;
+        report.measurements = policy.framework_measurements().len();
+        report.platforms = policy.vse_platforms().len();
+        if allow_no_freshness {
+            let flags = format!("{};{}", descriptor::VSE_PLATFORM, descriptor::NO_FRESHNESS);
+            for p in policy.vse_platforms() {
+                d.add_statement(
+                    unary(
+                        key_entity(&p.key, "platformKey"),
+                        verb::IS_TRUSTED_FOR_ATTESTATION,
+                    ),
+                    &flags,
+                    now,
+                )?;
+            }
+        }
+        Ok(report)
     }
 
     /// The policy private key (PKCS#8 DER).
@@ -242,6 +330,17 @@ impl ServiceDir {
             .and_then(|m| m.modified())
             .ok()
     }
+}
+
+/// What `import_framework` took from the framework's policy.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    /// Measurements trusted for framework apps.
+    pub measurements: usize,
+    /// Simulated-enclave platform keys trusted for attestation.
+    pub platforms: usize,
+    /// Statements left out, with why.
+    pub skipped: Vec<String>,
 }
 
 /// Replace `path` atomically with `bytes`.

@@ -97,6 +97,36 @@ enum CertifierCommand {
         /// The serialized message.
         file: PathBuf,
     },
+    /// INSECURE: get admitted as a Certifier Framework simulated-enclave app
+    /// (`vse-attestation-package` evidence, no nonce), by this project's
+    /// certifier-service or by the framework's own Go service.
+    ///
+    /// The evidence is signed with the attest key from the framework's
+    /// provisioning files: anyone holding them can claim any measurement.
+    /// For interoperability tests only.
+    AdmitFrameworkApp {
+        /// Certifier service address (host:port).
+        #[arg(long)]
+        certifier: String,
+        /// The framework's attest key (`attest_key_file.bin`, a private key_message).
+        #[arg(long, value_name = "FILE")]
+        attest_key: PathBuf,
+        /// The platform's endorsement of it (`platform_attest_endorsement.bin`).
+        #[arg(long, value_name = "FILE")]
+        platform_endorsement: PathBuf,
+        /// The measurement to claim: a file of raw bytes, as the framework's
+        /// `measurement_utility.exe` writes it (e.g. `example_app.measurement`).
+        #[arg(long, value_name = "FILE")]
+        measurement_file: PathBuf,
+        /// The app's key, PKCS#8 (PEM or DER): RSA for the framework's Go
+        /// service, which certifies RSA keys only
+        /// (`openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out app.key.pem`).
+        #[arg(long, value_name = "FILE")]
+        auth_key: PathBuf,
+        /// Where to write the admission certificate (DER).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -314,6 +344,21 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Admit(args) => admit(args),
         Command::Demo => demo(),
+        Command::Certifier(CertifierCommand::AdmitFrameworkApp {
+            certifier,
+            attest_key,
+            platform_endorsement,
+            measurement_file,
+            auth_key,
+            out,
+        }) => admit_framework_app(
+            &certifier,
+            &attest_key,
+            &platform_endorsement,
+            &measurement_file,
+            &auth_key,
+            &out,
+        ),
         Command::Certifier(CertifierCommand::Decode { message, file }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -323,6 +368,71 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads a small input file, refusing anything over `limit` bytes before reading it.
+fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > limit {
+        bail!(
+            "{} is {} bytes; expected at most {limit}",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn admit_framework_app(
+    certifier: &str,
+    attest_key: &Path,
+    endorsement: &Path,
+    measurement_file: &Path,
+    auth_key: &Path,
+    out: &Path,
+) -> Result<ExitCode> {
+    use attestation::certifier::client::Client;
+    use attestation::certifier::keys::SigningKey;
+    use attestation::certifier::proto::{KeyMessage, decode_bounded};
+    use attestation::certifier::vse::InsecureSimulatedEnclave;
+
+    let key_message: KeyMessage = decode_bounded(&read_small(attest_key, 1 << 16)?)
+        .with_context(|| format!("{} is not a key_message", attest_key.display()))?;
+    let measurement = read_small(measurement_file, 64)?;
+    let enclave = InsecureSimulatedEnclave::new(
+        &key_message,
+        read_small(endorsement, 1 << 16)?,
+        measurement.clone(),
+    )
+    .with_context(|| format!("the attest key in {}", attest_key.display()))?;
+    let key_bytes = read_small(auth_key, 1 << 16)?;
+    let pkcs8 = match std::str::from_utf8(&key_bytes)
+        .ok()
+        .and_then(|t| pem::parse(t).ok())
+    {
+        Some(block) => block.contents().to_vec(),
+        None => key_bytes,
+    };
+    let app_key = SigningKey::from_pkcs8(&pkcs8)
+        .with_context(|| format!("{} is not a PKCS#8 RSA or EC key", auth_key.display()))?
+        .public_key();
+    eprintln!(
+        "WARNING: INSECURE simulated enclave (measurement {}): its evidence is signed with a key from a file",
+        hex::encode(&measurement)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = Client::new(certifier.to_string(), std::time::Duration::from_secs(15));
+    let cert = rt
+        .block_on(client.admit_framework_app(&enclave, &app_key))
+        .with_context(|| format!("admission by {certifier}"))?;
+    std::fs::write(out, &cert).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "admitted: admission certificate for the app key written to {}",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_token(path: &Path) -> Result<Vec<u8>> {

@@ -3,7 +3,7 @@
 //! Following the framework: the policy certificate is self-signed with
 //! subject `CN=policyAuthority, O=root`; an admission certificate is signed
 //! by the policy key, issuer = the policy subject, subject
-//! `CN=CertifierUsers, O=Measured-<hex measurement>`, for the party's auth
+//! `O=Measured-<hex measurement>, CN=CertifierUsers`, for the party's auth
 //! key, with EKU clientAuth + serverAuth and CA:false. Beyond the framework:
 //! the role and the measurement are carried in their own extensions (so peers
 //! need not parse the O field), an INSECURE marker when the evidence came
@@ -11,7 +11,7 @@
 //! that revocation takes effect quickly.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::signature::{self, UnparsedPublicKey};
@@ -114,7 +114,7 @@ pub fn policy_certificate(
     Ok(params.self_signed(&key).map_err(gen_err)?.der().to_vec())
 }
 
-/// The party's EC auth key, as rcgen wants subject keys.
+/// The party's auth key, as rcgen wants subject keys.
 struct SubjectKey {
     point: Vec<u8>,
     alg: &'static rcgen::SignatureAlgorithm,
@@ -127,6 +127,137 @@ impl rcgen::PublicKeyData for SubjectKey {
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         self.alg
     }
+}
+
+fn subject_key(key: &PublicKey) -> SubjectKey {
+    match key {
+        PublicKey::P256(p) => SubjectKey {
+            point: p.clone(),
+            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+        },
+        PublicKey::P384(p) => SubjectKey {
+            point: p.clone(),
+            alg: &rcgen::PKCS_ECDSA_P384_SHA384,
+        },
+        PublicKey::Rsa { n, e } => SubjectKey {
+            point: rsa_public_key_der(n, e),
+            alg: &rcgen::PKCS_RSA_SHA256,
+        },
+    }
+}
+
+/// PKCS#1 RSAPublicKey DER (what an RSA SPKI's bit string holds).
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let int = |b: &[u8]| {
+        let mut v = b.to_vec();
+        if v.first().is_none_or(|x| x & 0x80 != 0) {
+            v.insert(0, 0);
+        }
+        der_tlv(0x02, &v)
+    };
+    let mut body = int(n);
+    body.extend(int(e));
+    der_tlv(0x30, &body)
+}
+
+/// The fields every admission certificate shares with the framework's:
+/// subject `O=Measured-<hex>, CN=CertifierUsers` (in that order, as
+/// PrintableStrings, like the framework's Go service), CA:false, EKU clientAuth +
+/// serverAuth, a random serial, the peer's address as SAN.
+fn admission_params(
+    measurement: &[u8],
+    now: i64,
+    validity_secs: i64,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::default();
+    let printable = |s: String| {
+        rcgen::string::PrintableString::try_from(s)
+            .map(DnValue::PrintableString)
+            .map_err(gen_err)
+    };
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::OrganizationName,
+        printable(format!("Measured-{}", hex::encode(measurement)))?,
+    );
+    dn.push(DnType::CommonName, printable("CertifierUsers".into())?);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    params.not_before = time_from_unix(now - 60)?;
+    params.not_after = time_from_unix(now + validity_secs)?;
+    params.serial_number = Some(random_serial());
+    if let Some(ip) = peer_ip {
+        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+    }
+    Ok(params)
+}
+
+/// Issue an admission certificate for a Certifier Framework app, laid out
+/// as the framework's own service lays it out, so the app's mutual TLS
+/// (admission certificate as leaf, policy certificate as the only root)
+/// accepts it: issuer = the subject of `policy_cert_der` exactly, key usage
+/// digitalSignature + keyCertSign, no role or measurement extensions. The
+/// app key may be RSA (the framework's default) or EC.
+pub fn issue_framework_admission_certificate(
+    policy_key_pkcs8: &[u8],
+    policy_cert_der: &[u8],
+    measurement: &[u8],
+    app_key: &PublicKey,
+    now: i64,
+    validity_secs: i64,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<Vec<u8>, CertError> {
+    let issuer_key = KeyPair::try_from(policy_key_pkcs8).map_err(gen_err)?;
+    let issuer = Issuer::from_ca_cert_der(&policy_cert_der.into(), issuer_key).map_err(gen_err)?;
+    let mut params = admission_params(measurement, now, validity_secs, peer_ip)?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    // rcgen adds a subject key identifier with CA:false; the framework's
+    // certificates have none. Write the critical, empty BasicConstraints
+    // (CA:false) ourselves instead.
+    params.is_ca = IsCa::NoCa;
+    let mut basic_constraints =
+        CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00]);
+    basic_constraints.set_criticality(true);
+    params.custom_extensions = vec![basic_constraints];
+    Ok(params
+        .signed_by(&subject_key(app_key), &issuer)
+        .map_err(gen_err)?
+        .der()
+        .to_vec())
+}
+
+/// The key a certificate certifies (EC P-256/P-384 or RSA), read without
+/// checking anything else; clients use it to make sure the certificate the
+/// service returned is for their own key.
+pub fn certified_key(der: &[u8]) -> Result<PublicKey, CertError> {
+    use x509_parser::public_key::PublicKey as Spki;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    let spki = cert.public_key();
+    match spki.parsed() {
+        Ok(Spki::RSA(rsa)) => Ok(PublicKey::Rsa {
+            n: strip_zeros(rsa.modulus),
+            e: strip_zeros(rsa.exponent),
+        }),
+        Ok(Spki::EC(point)) => PublicKey::from_ec_point(point.data())
+            .ok_or_else(|| CertError::Malformed("EC key is not P-256 or P-384".into())),
+        _ => Err(CertError::Malformed(
+            "subject key is neither RSA nor EC".into(),
+        )),
+    }
+}
+
+fn strip_zeros(b: &[u8]) -> Vec<u8> {
+    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    b[i..].to_vec()
 }
 
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -158,37 +289,9 @@ pub fn issue_admission_certificate(
     issuer_params.distinguished_name = policy_dn();
     let issuer = Issuer::new(issuer_params, issuer_key);
 
-    let subject = match &admitted.auth_key {
-        PublicKey::P256(p) => SubjectKey {
-            point: p.clone(),
-            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
-        },
-        PublicKey::P384(p) => SubjectKey {
-            point: p.clone(),
-            alg: &rcgen::PKCS_ECDSA_P384_SHA384,
-        },
-        PublicKey::Rsa { .. } => return Err(CertError::Generate("auth keys must be EC".into())),
-    };
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "CertifierUsers");
-    dn.push(
-        DnType::OrganizationName,
-        format!("Measured-{}", hex::encode(&admitted.measurement)),
-    );
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
+    let subject = subject_key(&admitted.auth_key);
+    let mut params = admission_params(&admitted.measurement, now, validity_secs, peer_ip)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ClientAuth,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    ];
-    params.not_before = time_from_unix(now - 60)?;
-    params.not_after = time_from_unix(now + validity_secs)?;
-    params.serial_number = Some(random_serial());
-    if let Some(ip) = peer_ip {
-        params.subject_alt_names = vec![SanType::IpAddress(ip)];
-    }
     params.custom_extensions = vec![
         CustomExtension::from_oid_content(
             oid::ROLE,

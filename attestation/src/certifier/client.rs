@@ -6,6 +6,7 @@ use prost::Message;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
+use super::admission::certified_key;
 use super::decide::admission_challenge;
 use super::keys::PublicKey;
 use super::policy::Role;
@@ -14,6 +15,7 @@ use super::proto::{
     decode_bounded,
 };
 use super::protocol::*;
+use super::vse::{self, InsecureSimulatedEnclave};
 use super::wire::{MAX_FRAME, WireError, read_frame, write_frame};
 use crate::platform::{EvidenceSource, PlatformError};
 
@@ -53,6 +55,14 @@ pub enum ClientError {
     /// The auth key cannot be bound into evidence.
     #[error("the auth key must be an EC P-256 or P-384 key")]
     BadAuthKey,
+    /// The service returned a certificate for some other key (or not a
+    /// certificate at all): using it would fail at the first TLS handshake,
+    /// or worse, let someone else's key speak for us.
+    #[error("the certificate the service returned does not certify this party's own key: {0}")]
+    NotOurCertificate(String),
+    /// The framework evidence could not be made.
+    #[error("could not make framework evidence: {0}")]
+    Evidence(String),
 }
 
 /// A Certifier Service client.
@@ -173,7 +183,36 @@ impl Client {
             }),
             accels: Vec::new(),
         };
-        Self::artifact(self.exchange(&request).await?)
+        let cert = Self::artifact(self.exchange(&request).await?)?;
+        check_certifies(&cert, auth_key)?;
+        Ok(cert)
+    }
+
+    /// Admission the Certifier Framework's way, as its sample apps do it:
+    /// `vse-attestation-package` evidence from the INSECURE simulated enclave
+    /// for `app_key`, no nonce, purpose `authentication`. Works against the
+    /// framework's own Go service and against ours (when the policy allows
+    /// nonce-less evidence). One frame is read and the connection is not
+    /// waited on: the Go service never closes it.
+    pub async fn admit_framework_app(
+        &self,
+        enclave: &InsecureSimulatedEnclave,
+        app_key: &PublicKey,
+    ) -> Result<Vec<u8>, ClientError> {
+        let package = enclave
+            .evidence_package(app_key, unix_now(), FRAMEWORK_REPORT_SECS)
+            .map_err(|e| ClientError::Evidence(e.to_string()))?;
+        let request = TrustRequestMessage {
+            requesting_enclave_tag: Some("requesting-enclave".into()),
+            providing_enclave_tag: Some("providing-enclave".into()),
+            submitted_evidence_type: Some(vse::EVIDENCE_TYPE.into()),
+            purpose: Some(PURPOSE_AUTHENTICATION.into()),
+            support: Some(package),
+            accels: Vec::new(),
+        };
+        let cert = Self::artifact(self.exchange(&request).await?)?;
+        check_certifies(&cert, app_key)?;
+        Ok(cert)
     }
 
     /// The whole flow: nonce, evidence from `platform` bound to `auth_key`,
@@ -189,6 +228,23 @@ impl Client {
         let token = platform.attestation_token(&admission_challenge(&nonce, &spki))?;
         self.present(&nonce, token, auth_key, role).await
     }
+}
+
+/// Validity of the reports the simulated enclave signs: a year, as the
+/// framework's own simulated enclave does. Shorter does not work against the
+/// framework's Go service: it reads our (C++-layout) time strings up to the
+/// year only, so a report ending in the current year looks expired to it.
+const FRAMEWORK_REPORT_SECS: i64 = 365 * 86_400;
+
+fn check_certifies(cert: &[u8], key: &PublicKey) -> Result<(), ClientError> {
+    let certified =
+        certified_key(cert).map_err(|e| ClientError::NotOurCertificate(e.to_string()))?;
+    if &certified != key {
+        return Err(ClientError::NotOurCertificate(format!(
+            "it certifies {certified:?}, we asked for {key:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

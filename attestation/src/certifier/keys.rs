@@ -244,7 +244,8 @@ impl SigningKey {
         Ok((key, pkcs8.as_ref().to_vec()))
     }
 
-    /// Load a PKCS#8 EC key (P-256 or P-384).
+    /// Load a PKCS#8 key: EC P-256 or P-384 (our own policy keys), or RSA
+    /// (a policy key imported from the Certifier Framework).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         let rng = SystemRandom::new();
         if let Ok(k) =
@@ -252,36 +253,42 @@ impl SigningKey {
         {
             return Ok(SigningKey::P256(k));
         }
-        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, der, &rng)
-            .map(SigningKey::P384)
-            .map_err(|_| KeyError::Invalid("not a PKCS#8 P-256 or P-384 key"))
+        if let Ok(k) =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, der, &rng)
+        {
+            return Ok(SigningKey::P384(k));
+        }
+        RsaKeyPair::from_pkcs8(der)
+            .map(SigningKey::Rsa)
+            .map_err(|_| KeyError::Invalid("not a PKCS#8 P-256, P-384 or RSA key"))
     }
 
     /// Load a framework RSA private `key_message`. Files that carry only
     /// n, e, d (older framework keys) get their primes recovered.
     pub fn from_rsa_key_message(k: &KeyMessage) -> Result<Self, KeyError> {
-        let rsa = k.rsa_key.as_ref().ok_or(KeyError::Missing("rsa_key"))?;
-        let get = |f: &Option<Vec<u8>>, name| {
-            f.as_deref()
-                .map(BigUint::from_bytes_be)
-                .ok_or(KeyError::Missing(name))
-        };
-        let n = get(&rsa.public_modulus, "public_modulus")?;
-        let e = get(&rsa.public_exponent, "public_exponent")?;
-        let d = get(&rsa.private_exponent, "private_exponent")?;
-        let (p, q) = match (&rsa.private_p, &rsa.private_q) {
-            (Some(p), Some(q)) => (BigUint::from_bytes_be(p), BigUint::from_bytes_be(q)),
-            _ => recover_primes(&n, &e, &d)
-                .ok_or(KeyError::Invalid("cannot factor n from (n, e, d)"))?,
-        };
-        let one = BigUint::from(1u8);
-        let dp = &d % (&p - &one);
-        let dq = &d % (&q - &one);
-        let qinv = q.modpow(&(&p - BigUint::from(2u8)), &p);
-        let der = rsa_private_key_der(&[&BigUint::from(0u8), &n, &e, &d, &p, &q, &dp, &dq, &qinv]);
-        RsaKeyPair::from_der(&der)
+        RsaKeyPair::from_der(&rsa_pkcs1_der(k)?)
             .map(SigningKey::Rsa)
             .map_err(|_| KeyError::Invalid("RSA key rejected"))
+    }
+
+    /// The PKCS#8 DER of a framework RSA private `key_message`, checked to
+    /// load; this is how an imported framework policy key is stored.
+    pub fn rsa_pkcs8_from_key_message(k: &KeyMessage) -> Result<Vec<u8>, KeyError> {
+        let pkcs1 = rsa_pkcs1_der(k)?;
+        RsaKeyPair::from_der(&pkcs1).map_err(|_| KeyError::Invalid("RSA key rejected"))?;
+        // PrivateKeyInfo { version 0, rsaEncryption with NULL parameters, the PKCS#1 key }.
+        let mut body = vec![0x02, 0x01, 0x00];
+        body.extend_from_slice(&[
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+            0x00,
+        ]);
+        body.push(0x04);
+        der_len(&mut body, pkcs1.len());
+        body.extend_from_slice(&pkcs1);
+        let mut out = vec![0x30];
+        der_len(&mut out, body.len());
+        out.extend_from_slice(&body);
+        Ok(out)
     }
 
     /// The signature algorithm string this key produces.
@@ -324,6 +331,51 @@ impl SigningKey {
             }
         }
     }
+}
+
+/// PKCS#1 RSAPrivateKey DER of a framework RSA private `key_message`, with
+/// the CRT values computed (and the primes recovered when only n, e, d are
+/// present, as in older framework files).
+fn rsa_pkcs1_der(k: &KeyMessage) -> Result<Vec<u8>, KeyError> {
+    let rsa = k.rsa_key.as_ref().ok_or(KeyError::Missing("rsa_key"))?;
+    let get = |f: &Option<Vec<u8>>, name| {
+        f.as_deref()
+            .map(BigUint::from_bytes_be)
+            .ok_or(KeyError::Missing(name))
+    };
+    let n = get(&rsa.public_modulus, "public_modulus")?;
+    let e = get(&rsa.public_exponent, "public_exponent")?;
+    let d = get(&rsa.private_exponent, "private_exponent")?;
+    // Hostile files: bound the sizes before any arithmetic, and keep every
+    // subtraction below from underflowing.
+    let two = BigUint::from(2u8);
+    if !(1024..=8192).contains(&n.bits()) || e < BigUint::from(3u8) || e >= n || d < two || d >= n {
+        return Err(KeyError::Invalid("RSA n, e or d out of range"));
+    }
+    let (p, q) = match (&rsa.private_p, &rsa.private_q) {
+        (Some(p), Some(q)) => (BigUint::from_bytes_be(p), BigUint::from_bytes_be(q)),
+        _ => {
+            recover_primes(&n, &e, &d).ok_or(KeyError::Invalid("cannot factor n from (n, e, d)"))?
+        }
+    };
+    if p <= two || q <= two || &p * &q != n {
+        return Err(KeyError::Invalid("RSA primes do not multiply to n"));
+    }
+    let one = BigUint::from(1u8);
+    let dp = &d % (&p - &one);
+    let dq = &d % (&q - &one);
+    let qinv = q.modpow(&(&p - BigUint::from(2u8)), &p);
+    Ok(rsa_private_key_der(&[
+        &BigUint::from(0u8),
+        &n,
+        &e,
+        &d,
+        &p,
+        &q,
+        &dp,
+        &dq,
+        &qinv,
+    ]))
 }
 
 /// Factor n given e and d (the standard randomized method of RFC 8017's

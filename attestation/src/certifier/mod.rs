@@ -22,4 +22,5 @@ pub mod policy;
 pub mod proof;
 pub mod proto;
 pub mod protocol;
+pub mod vse;
 pub mod wire;

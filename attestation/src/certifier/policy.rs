@@ -12,6 +12,8 @@
 //! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;sw-components=any`) | this CCA platform key may vouch for realms |
 //! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component` | firmware reference value (extension) |
 //! | `Measurement[m] is-revoked` | `revoked:<reason>` | never admit m again (extension) |
+//! | `Measurement[m] is-trusted` | empty (as the framework writes it) | a Certifier Framework app with measurement m is admitted (no role) |
+//! | `Key[k] is-trusted-for-attestation` | empty, or `vse-platform` (+ `;no-freshness`) | the framework's simulated-enclave platform key k may endorse attestation keys; `no-freshness` allows its nonce-less (replayable) evidence |
 //!
 //! A policy is loaded whole or not at all: one claim that fails to verify
 //! with the policy key rejects the policy (as the framework does).
@@ -84,6 +86,12 @@ pub mod descriptor {
     pub const CCA_PLATFORM_COMPONENT: &str = "cca-platform-component";
     /// `revoked:<reason>` on "M is-revoked".
     pub const REVOKED_PREFIX: &str = "revoked:";
+    /// On "K is-trusted-for-attestation" for a framework simulated-enclave
+    /// platform key (the framework itself writes an empty descriptor).
+    pub const VSE_PLATFORM: &str = "vse-platform";
+    /// Flag on a `vse-platform` statement: evidence without a nonce is
+    /// accepted from this platform (it can be replayed byte for byte).
+    pub const NO_FRESHNESS: &str = "no-freshness";
 }
 
 /// Problems with a policy itself.
@@ -141,6 +149,30 @@ pub struct TrustedMeasurement {
     pub statement: VseClause,
 }
 
+/// A Certifier Framework platform key for `vse-attestation-package`
+/// evidence (the framework's simulated and application enclaves).
+#[derive(Debug, Clone)]
+pub struct VsePlatform {
+    /// The platform key that endorses attestation keys.
+    pub key: PublicKey,
+    /// Nonce-less evidence from this platform is accepted (the policy owner
+    /// asked for it explicitly; every such admission is audited as
+    /// `no-freshness`).
+    pub allow_no_freshness: bool,
+    /// The signed statement "policyKey says K is-trusted-for-attestation".
+    pub statement: VseClause,
+}
+
+/// A measurement trusted the framework's way: no role, admitted for
+/// framework evidence only.
+#[derive(Debug, Clone)]
+pub struct FrameworkMeasurement {
+    /// The measurement (SHA-256 of a simulated-enclave app, for instance).
+    pub measurement: Vec<u8>,
+    /// The signed statement "policyKey says M is-trusted".
+    pub statement: VseClause,
+}
+
 /// A revoked measurement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -158,6 +190,8 @@ pub struct Policy {
     measurements: Vec<TrustedMeasurement>,
     platform_components: Vec<Vec<u8>>,
     revoked: Vec<Revocation>,
+    vse_platforms: Vec<VsePlatform>,
+    framework_measurements: Vec<FrameworkMeasurement>,
 }
 
 impl Policy {
@@ -173,6 +207,8 @@ impl Policy {
             measurements: Vec::new(),
             platform_components: Vec::new(),
             revoked: Vec::new(),
+            vse_platforms: Vec::new(),
+            framework_measurements: Vec::new(),
         };
         for (index, scm) in seq.claims.iter().enumerate() {
             let vc =
@@ -212,6 +248,14 @@ impl Policy {
             inner.verb.as_deref().unwrap_or_default(),
             inner.object.is_none() && inner.clause.is_none(),
         ) {
+            (verb::IS_TRUSTED, true) if vc.descriptor.is_empty() => {
+                let m = entity_measurement(subject)
+                    .ok_or_else(|| unrecognised("is-trusted subject is not a measurement"))?;
+                self.framework_measurements.push(FrameworkMeasurement {
+                    measurement: m.to_vec(),
+                    statement: vc.clause.clone(),
+                });
+            }
             (verb::IS_TRUSTED, true) => {
                 let m = entity_measurement(subject)
                     .ok_or_else(|| unrecognised("is-trusted subject is not a measurement"))?;
@@ -239,6 +283,19 @@ impl Policy {
                     cpak,
                     insecure_emulated: flags.contains(&descriptor::INSECURE_EMULATED),
                     skip_sw_components: flags.contains(&descriptor::SW_COMPONENTS_ANY),
+                    statement: vc.clause.clone(),
+                });
+            }
+            (verb::IS_TRUSTED_FOR_ATTESTATION, true)
+                if head.is_empty() || head == descriptor::VSE_PLATFORM =>
+            {
+                let key = entity_key(subject)
+                    .ok_or_else(|| unrecognised("platform subject is not a key"))?;
+                let allow_no_freshness =
+                    head == descriptor::VSE_PLATFORM && flags.contains(&descriptor::NO_FRESHNESS);
+                self.vse_platforms.push(VsePlatform {
+                    key,
+                    allow_no_freshness,
                     statement: vc.clause.clone(),
                 });
             }
@@ -286,6 +343,28 @@ impl Policy {
     /// Whether `m` is revoked, and why.
     pub fn revocation(&self, m: &[u8]) -> Option<&Revocation> {
         self.revoked.iter().find(|r| r.measurement == m)
+    }
+    /// Framework simulated-enclave platform keys. A key listed by several
+    /// statements appears once per statement; nonce-less evidence is allowed
+    /// if any of them allows it (see [`Policy::vse_platform`]).
+    pub fn vse_platforms(&self) -> &[VsePlatform] {
+        &self.vse_platforms
+    }
+    /// The entry for framework platform key `key`, with `allow_no_freshness`
+    /// set if any statement for that key allows it.
+    pub fn vse_platform(&self, key: &PublicKey) -> Option<VsePlatform> {
+        let mut found: Option<VsePlatform> = None;
+        for p in self.vse_platforms.iter().filter(|p| &p.key == key) {
+            match &mut found {
+                None => found = Some(p.clone()),
+                Some(f) => f.allow_no_freshness |= p.allow_no_freshness,
+            }
+        }
+        found
+    }
+    /// Measurements trusted the framework's way (no role).
+    pub fn framework_measurements(&self) -> &[FrameworkMeasurement] {
+        &self.framework_measurements
     }
     /// Is any platform in this policy the INSECURE emulated one?
     pub fn is_insecure(&self) -> bool {

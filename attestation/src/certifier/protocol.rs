@@ -13,6 +13,11 @@ pub const PURPOSE_NONCE: &str = "nonce";
 pub const PURPOSE_POLICY: &str = "policy";
 /// `purpose` asking for an admission certificate (framework).
 pub const PURPOSE_AUTHENTICATION: &str = "authentication";
+/// `purpose` asking for the platform rule "policyKey says appKey
+/// is-trusted-for-attestation" (framework; framework evidence only).
+pub const PURPOSE_ATTESTATION: &str = "attestation";
+/// `claim_descriptor` of the platform rule (framework).
+pub const PLATFORM_RULE: &str = "platform-rule";
 /// `evidence_package.prover_type` (framework).
 pub const PROVER_TYPE: &str = "vse-verifier";
 /// `evidence_package.enclave_type` for CCA realms (extension).
