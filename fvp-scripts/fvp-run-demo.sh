@@ -275,7 +275,7 @@ run)
         $B/device-agent fetch-model $P $A --provider "$prov" --store file:///shared/ccaml/blobs --model cnn
         echo "+ device-agent infer --local"
         # shellcheck disable=SC2086
-        $B/device-agent infer $P --local --model cnn --handle "$h" --sample-shape 1,8,8
+        $B/device-agent infer $P --local --model cnn --handle "$h"
         # shellcheck disable=SC2086
         $B/device-agent delete $P --handle "$h"
     fi

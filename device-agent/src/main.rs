@@ -29,12 +29,12 @@ use device_agent::{federated, identity, on_device, remote};
 const EXAMPLES: &str = "\
 Examples (INSECURE emulated platform on a laptop; in a realm use --platform islet or tsm):
   P=\"--state agent --platform insecure-emulated --platform-key cpak.key.pem\"
-  device-agent import $P --csv digits_test.csv --labels last          # prints a handle
+  device-agent import $P --csv digits_test.csv --labels last --sample-shape 1,8,8  # prints a handle
   device-agent infer $P --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
       --allow-insecure-peers --runtime 127.0.0.1:8300 --model digits --handle <HANDLE>
   device-agent fetch-model $P --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
       --allow-insecure-peers --provider 127.0.0.1:8200 --store file:///var/lib/cca-ml/blobs --model cnn
-  device-agent infer $P --local --model cnn --handle <HANDLE> --sample-shape 1,8,8 --json";
+  device-agent infer $P --local --model cnn --handle <HANDLE> --json";
 
 #[derive(Parser, Debug)]
 #[command(name = "device-agent", version, about = "Keep user data sealed in the realm; infer remotely at an attested runtime or on-device", after_help = EXAMPLES)]
@@ -183,8 +183,9 @@ enum Command {
         /// CSV label column (with --csv).
         #[arg(long, value_enum, default_value = "last")]
         labels: Labels,
-        /// Shape of one CSV sample without the batch axis (with --csv).
-        #[arg(long)]
+        /// Shape of one CSV sample without the batch axis (with --csv; a
+        /// handle keeps the shape it was imported with).
+        #[arg(long, requires = "csv")]
         sample_shape: Option<String>,
         /// Run the model fetched with `fetch-model` here, in the realm.
         #[arg(long)]

@@ -19,7 +19,9 @@ pub const BINARIES: [&str; 5] = [
     "device-agent",
 ];
 
-/// Where the binaries are: next to this one. Built with cargo if missing.
+/// Where the binaries are: next to this one. Under `cargo run` they are
+/// (re)built first, so the demo never drives binaries older than the source;
+/// otherwise they must already be there.
 pub fn binaries() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the demo binary")?;
     let dir = me
@@ -31,10 +33,10 @@ pub fn binaries() -> Result<PathBuf> {
         .copied()
         .filter(|b| !dir.join(b).exists())
         .collect();
-    if missing.is_empty() {
-        return Ok(dir);
-    }
     let Some(cargo) = std::env::var_os("CARGO") else {
+        if missing.is_empty() {
+            return Ok(dir);
+        }
         bail!(
             "missing {} next to {}: build them with `cargo build --release`",
             missing.join(", "),
@@ -43,12 +45,16 @@ pub fn binaries() -> Result<PathBuf> {
     };
     let release = dir.ends_with("release");
     eprintln!(
-        "building {} (cargo build{} --bins)...",
-        missing.join(", "),
+        "bringing the other binaries up to date (cargo build{}; minutes the first time)...",
         if release { " --release" } else { "" }
     );
     let mut c = Command::new(cargo);
-    c.args(["build", "--bins", "--quiet"]);
+    c.args(["build", "--quiet"]);
+    // Only the programs the demo starts, never the demo itself: rebuilding
+    // the running binary would replace it mid-run.
+    for b in BINARIES {
+        c.args(["--bin", b]);
+    }
     if release {
         c.arg("--release");
     }
