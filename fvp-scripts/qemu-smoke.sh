@@ -134,7 +134,8 @@ run() {
         exit 1
     fi
     e=$(date +%s%N)
-    sed 's/^/    /' "$work/last.out" | head -n 40
+    # At most 40 lines of at most 240 characters: JSON answers are one long line.
+    sed 's/^/    /' "$work/last.out" | head -n 40 | cut -c1-240
     printf '    (%d ms)\n' $(( (e - s) / 1000000 ))
 }
 arm() { local b="$1"; shift; run "${qemu[@]}" "$bin_dir/$b" "$@"; }
@@ -218,7 +219,7 @@ if [ "$quick" = 0 ]; then
     prov_addr=$addr
     A=(--certifier "$cert_addr" --policy-cert "$W/svc/policy_cert.der" --allow-insecure-peers)
     arm device-agent fetch-model "${P[@]}" "${A[@]}" --provider "$prov_addr" --store "file://$W/blobs" --model cnn
-    arm device-agent infer "${P[@]}" --local --model cnn --handle "$handle" --sample-shape 1,8,8 --json
+    arm device-agent infer "${P[@]}" --local --model cnn --handle "$handle" --json
     correct=$(grep -o '"correct": *[0-9]*' "$work/last.out" | grep -o '[0-9]*$' || true)
     where=$(grep -o '"where": *"[a-z-]*"' "$work/last.out" | grep -o '"[a-z-]*"$' || true)
     if [ "$correct" != 340 ] || [ "$where" != '"on-device"' ]; then
