@@ -302,6 +302,10 @@ impl Service {
             .support
             .as_ref()
             .ok_or_else(|| Failure::new("malformed-evidence", "no evidence package"))?;
+        // What the report claims, for the audit trail (verified below).
+        if let Some(m) = vse::claimed_measurement(package) {
+            record.measurement = hex::encode(m);
+        }
         let policy = self.current_policy(now);
         let admitted = verify_package(&policy, package, goal, now)?;
         record.measurement = hex::encode(admitted.measurement());

@@ -337,6 +337,8 @@ async fn replay_and_tampering_are_handled_as_the_policy_says_and_the_service_kee
     let audit = d.audit(&svc);
     assert_eq!(audit[0]["verdict"], "refuse");
     assert_eq!(audit[0]["code"], "no-freshness-refused");
+    assert_eq!(audit[0]["freshness"], "no-freshness");
+    assert_eq!(audit[0]["measurement"], hex::encode(MEASUREMENT));
 
     // With it: a byte-exact replay is admitted again — that is what
     // nonce-less evidence means — and each admission is audited as such.

@@ -138,24 +138,7 @@ fn world(name: &str) -> World {
         &remote,
     );
     let (provider, provider_addr) = testkit::start_provider(&provider_bin, &dir, &certifier);
-    let mut r = Command::new(&runtime_bin);
-    r.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    r.args(["--certifier", &certifier.addr, "--provider", &provider_addr]);
-    r.arg("--policy-cert").arg(&certifier.policy_cert);
-    r.args([
-        "--store",
-        &testkit::store_url(&dir),
-        "--platform",
-        "insecure-emulated",
-    ]);
-    r.arg("--platform-key").arg(&certifier.platform_key);
-    r.arg("--allow-insecure-peers");
+    let mut r = testkit::runtime_command(&runtime_bin, &dir, &certifier, &provider_addr);
     r.args([
         "--model",
         &format!("digits={digits}"),

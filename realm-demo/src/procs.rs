@@ -20,32 +20,37 @@ pub const BINARIES: [&str; 5] = [
 ];
 
 /// Where the binaries are: next to this one. Under `cargo run` they are
-/// (re)built first, so the demo never drives binaries older than the source;
-/// otherwise they must already be there.
+/// built when missing or older than the workspace's sources, so the demo
+/// never drives stale binaries; run directly, they must already be there.
 pub fn binaries() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the demo binary")?;
     let dir = me
         .parent()
         .context("the demo binary has no directory")?
         .to_path_buf();
-    let missing: Vec<&str> = BINARIES
+    let oldest = BINARIES
         .iter()
-        .copied()
-        .filter(|b| !dir.join(b).exists())
-        .collect();
+        .map(|b| modified(&dir.join(b)))
+        .min()
+        .flatten();
+    let newest_source = newest_source(Path::new(env!("CARGO_MANIFEST_DIR")).parent());
+    let stale = match (oldest, newest_source) {
+        (None, _) => true,
+        (Some(built), Some(source)) => source > built,
+        (Some(_), None) => false,
+    };
+    if !stale {
+        return Ok(dir);
+    }
     let Some(cargo) = std::env::var_os("CARGO") else {
-        if missing.is_empty() {
-            return Ok(dir);
-        }
         bail!(
-            "missing {} next to {}: build them with `cargo build --release`",
-            missing.join(", "),
+            "the binaries next to {} are missing or older than the sources: build them with `cargo build --release`",
             me.display()
         );
     };
     let release = dir.ends_with("release");
     eprintln!(
-        "bringing the other binaries up to date (cargo build{}; minutes the first time)...",
+        "building the programs the demo starts (cargo build{}; minutes the first time)...",
         if release { " --release" } else { "" }
     );
     let mut c = Command::new(cargo);
@@ -63,6 +68,38 @@ pub fn binaries() -> Result<PathBuf> {
         bail!("cargo build failed");
     }
     Ok(dir)
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of the workspace's Rust sources and
+/// manifests (`target/` and hidden directories skipped), or `None` when the
+/// sources are not there (an installed demo).
+fn newest_source(root: Option<&Path>) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut dirs = vec![root?.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if name.ends_with(".rs") || name == "Cargo.toml" || name == "Cargo.lock" {
+                newest = newest.max(modified(&path));
+            }
+        }
+    }
+    newest
 }
 
 /// A child process, killed on drop.

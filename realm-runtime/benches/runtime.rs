@@ -13,7 +13,6 @@
 //! (PP-OCRv4 det, 4.7 MB, input pinned to [1,3,640,640]); it is skipped if absent.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attestation::certifier::policy::Role;
@@ -284,24 +283,8 @@ async fn main() {
         runtime_args.extend(["--input-shape".into(), format!("{}={shape}", case.id)]);
     }
     let (_provider, provider_addr) = testkit::start_provider(&provider_bin, &dir, &certifier);
-    let mut rc = Command::new(RUNTIME);
-    rc.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    rc.args(["--certifier", &certifier.addr, "--provider", &provider_addr]);
-    rc.arg("--policy-cert").arg(&certifier.policy_cert);
-    rc.args([
-        "--store",
-        &testkit::store_url(&dir),
-        "--platform",
-        "insecure-emulated",
-    ]);
-    rc.arg("--platform-key").arg(&certifier.platform_key);
-    rc.arg("--allow-insecure-peers").args(&runtime_args);
+    let mut rc = testkit::runtime_command(Path::new(RUNTIME), &dir, &certifier, &provider_addr);
+    rc.args(&runtime_args);
     let (mut runtime, addr) = spawn_server(rc);
     let metrics = runtime
         .read_line()

@@ -4,7 +4,7 @@
 //! and a test client sending the bad updates a round must refuse while it
 //! goes on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use attestation::certifier::policy::Role;
@@ -40,24 +40,8 @@ fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, Pat
         &certifier,
         &["--federated-task", "digits"],
     );
-    let mut r = Command::new(RUNTIME);
-    r.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    r.args(["--certifier", &certifier.addr, "--provider", &provider_addr]);
-    r.arg("--policy-cert").arg(&certifier.policy_cert);
-    r.args([
-        "--store",
-        &testkit::store_url(&dir),
-        "--platform",
-        "insecure-emulated",
-    ]);
-    r.arg("--platform-key").arg(&certifier.platform_key);
-    r.args(["--allow-insecure-peers", "--fl-task", "digits"]);
+    let mut r = testkit::runtime_command(Path::new(RUNTIME), &dir, &certifier, &provider_addr);
+    r.args(["--fl-task", "digits"]);
     r.args(fl);
     let (runtime, addr) = spawn_server(r);
     (

@@ -287,6 +287,37 @@ pub fn start_provider_with(
     spawn_server(p)
 }
 
+/// `realm-runtime serve` on OS-chosen loopback ports (service and metrics),
+/// admitted through `certifier` on the emulated platform, fetching keys from
+/// the provider at `provider_addr` and bundles from `dir`'s store, accepting
+/// emulated peers. Add models or federated flags, then [`spawn_server`].
+pub fn runtime_command(
+    runtime_bin: &Path,
+    dir: &TestDir,
+    certifier: &Certifier,
+    provider_addr: &str,
+) -> Command {
+    let mut r = Command::new(runtime_bin);
+    r.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    r.args(["--certifier", &certifier.addr, "--provider", provider_addr]);
+    r.arg("--policy-cert").arg(&certifier.policy_cert);
+    r.args([
+        "--store",
+        &store_url(dir),
+        "--platform",
+        "insecure-emulated",
+    ]);
+    r.arg("--platform-key").arg(&certifier.platform_key);
+    r.arg("--allow-insecure-peers");
+    r
+}
+
 /// An attested TLS connection to `addr` as `who`, requiring the server to
 /// hold `server_role` (emulated platforms accepted), after the hello.
 pub async fn connect(

@@ -305,6 +305,16 @@ fn report(bytes: &[u8], now: i64) -> Result<Report, VseRefusal> {
     })
 }
 
+/// The measurement a package's report claims, read without checking
+/// anything: for audit records of refused requests only, never for a decision.
+pub fn claimed_measurement(package: &EvidencePackage) -> Option<Vec<u8>> {
+    let last = package.fact_assertion.last()?;
+    let sr: SignedReport = decode_bounded(last.serialized_evidence.as_deref()?).ok()?;
+    let info: VseAttestationReportInfo = decode_bounded(sr.report.as_deref()?).ok()?;
+    info.verified_measurement
+        .filter(|m| m.len() <= MAX_MEASUREMENT)
+}
+
 /// Verify a `vse-attestation-package` against `policy` at `now` and prove
 /// `goal` for the app key it carries.
 pub fn verify_package(
