@@ -103,6 +103,14 @@ pub struct ServeArgs {
     /// Rounds to run.
     #[arg(long, default_value_t = 10, help_heading = "Federated learning")]
     pub fl_rounds: u64,
+    /// Let only devices with this measurement join the task (hex; repeat)
+    /// [default: every device the policy trusts].
+    #[arg(
+        long = "fl-device-measurement",
+        value_name = "HEX",
+        help_heading = "Federated learning"
+    )]
+    pub fl_device_measurements: Vec<String>,
 }
 
 impl ServeArgs {
@@ -125,8 +133,19 @@ impl ServeArgs {
                 "--fl-min-clients must be ≥ 1 and ≤ --fl-max-clients".into()
             ));
         }
+        let devices = self
+            .fl_device_measurements
+            .iter()
+            .map(|h| match hex::decode(h.trim()) {
+                Ok(m) if (16..=64).contains(&m.len()) => Ok(m),
+                _ => Err(bad(format!(
+                    "--fl-device-measurement {h:?}: a measurement is 16 to 64 bytes of hex"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(FlConfig {
             task: task.clone(),
+            devices,
             arch,
             aggregator: Aggregator {
                 rule,
@@ -407,6 +426,29 @@ bundle = "{HASH}"
 input_shape = [0, 3, 640, 640]
 "#
         )
+    }
+
+    #[test]
+    fn a_task_lists_the_device_measurements_it_admits() {
+        let args = |m: &str| ServeArgs {
+            fl_task: Some("digits".into()),
+            fl_arch: "softmax".into(),
+            fl_rule: "median".into(),
+            fl_min_clients: 1,
+            fl_max_clients: 2,
+            fl_device_measurements: vec![m.to_string()],
+            ..Default::default()
+        };
+        let m = "ab".repeat(64);
+        let fl = Config::resolve(args(&m), Some(&file()))
+            .unwrap()
+            .federated
+            .unwrap();
+        assert_eq!(fl.devices, vec![vec![0xab; 64]]);
+        for bad in ["zz", "abcd", &"ab".repeat(65)] {
+            let e = Config::resolve(args(bad), Some(&file())).unwrap_err();
+            assert!(e.to_string().contains("--fl-device-measurement"), "{e}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ use crate::provider::ProviderClient;
 pub struct FlConfig {
     /// Task name devices join.
     pub task: String,
+    /// Device measurements allowed to join; empty: every device the policy
+    /// admits. Joining gives a device the global model and a say in it.
+    pub devices: Vec<Vec<u8>>,
     /// Model architecture of the global model.
     pub arch: Arch,
     /// Aggregation (rule, clipping, noise).
@@ -187,6 +190,11 @@ impl Coordinator {
     /// The task name.
     pub fn task(&self) -> &str {
         &self.config.task
+    }
+
+    /// May a device with this measurement join the task?
+    pub fn admits(&self, measurement: &[u8]) -> bool {
+        self.config.devices.is_empty() || self.config.devices.iter().any(|m| m == measurement)
     }
 
     /// The round a device should train in: the current one, unless the

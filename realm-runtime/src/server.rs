@@ -360,6 +360,13 @@ where
                 reply
             }
             Message::JoinRound { task } => match &rt.fl {
+                Some(fl) if fl.task() == task && !fl.admits(&peer.measurement) => {
+                    rt.metrics.error("fl-device-not-allowed");
+                    Message::error(
+                        ErrorCode::Refused,
+                        "this device's measurement may not join this federated task",
+                    )
+                }
                 Some(fl) if fl.task() == task => {
                     let (info, done) = match fl.join(submitted).await {
                         Joined::Train(info) => (info, false),
@@ -392,6 +399,13 @@ where
                 num_samples,
                 delta,
             } => match &rt.fl {
+                Some(fl) if !fl.admits(&peer.measurement) => {
+                    rt.metrics.error("fl-device-not-allowed");
+                    Message::error(
+                        ErrorCode::Refused,
+                        "this device's measurement may not join this federated task",
+                    )
+                }
                 Some(fl) => {
                     let update = fl::aggregate::Update { delta, num_samples };
                     match fl.submit(device, round, update).await {

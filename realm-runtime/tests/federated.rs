@@ -54,9 +54,64 @@ fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, Pat
     )
 }
 
+/// The emulated measurement of the device agent binary, hex.
+fn agent_measurement() -> String {
+    attestation::platform::measure_file(&sibling_bin(RUNTIME, "device-agent"))
+        .unwrap()
+        .to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_refuses_devices_it_does_not_list_and_keeps_serving() {
+    // The policy trusts the agent as a device, but this task lists another build.
+    let other = hex::encode([0x42u8; 64]);
+    let (_dir, certifier, _procs, addr, agent, _) =
+        start("allow-list", &["--fl-device-measurement", &other]);
+    let me = certifier.admit(&agent, Role::device()).await;
+    let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
+        .await
+        .unwrap();
+    for m in [
+        Message::JoinRound {
+            task: "digits".into(),
+        },
+        Message::ModelUpdate {
+            round: 1,
+            num_samples: 1,
+            delta: vec![0.0; 650],
+        },
+    ] {
+        c.send(&m).await.unwrap();
+        match c.recv().await.unwrap() {
+            Message::Error { code, message } => {
+                assert_eq!(code, protocol::ErrorCode::Refused);
+                assert!(message.contains("may not join"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // The session goes on: an unknown task is still answered.
+    c.send(&Message::JoinRound {
+        task: "nope".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.recv().await.unwrap(),
+        Message::Error {
+            code: protocol::ErrorCode::NotFound,
+            ..
+        }
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_updates_are_refused_and_the_round_goes_on() {
+    // The task lists the agent's build, so the test device may join.
+    let listed = agent_measurement();
     let fl = [
+        "--fl-device-measurement",
+        &listed,
         "--fl-min-clients",
         "1",
         "--fl-max-clients",
