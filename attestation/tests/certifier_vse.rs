@@ -276,21 +276,8 @@ fn untrusted_keys_and_measurements_are_refused_with_their_reason() {
     let attest_pub = SigningKey::from_rsa_key_message(&f.attest_key)
         .unwrap()
         .public_key();
-    let rogue = sign_claim(
-        &other_platform,
-        "platformKey",
-        &says(
-            key_entity(&other_platform.public_key(), "platformKey"),
-            unary(
-                key_entity(&attest_pub, "attestKey"),
-                verb::IS_TRUSTED_FOR_ATTESTATION,
-            ),
-        ),
-        "",
-        now() - 60,
-        now() + 60,
-    )
-    .unwrap();
+    let rogue =
+        vse::sign_endorsement(&other_platform, &attest_pub, now() - 60, now() + 60).unwrap();
     let mut p = f.package();
     p.fact_assertion[0].serialized_evidence = Some(rogue.encode_to_vec());
     assert_eq!(f.verify(&p).unwrap_err(), VseRefusal::UntrustedPlatform);

@@ -35,11 +35,31 @@ pub struct AuditRecord {
     pub insecure: bool,
     /// `submitted_evidence_type` of the request ("cca-evidence",
     /// "vse-attestation-package").
-    pub evidence: String,
+    pub evidence: &'static str,
     /// "nonce" when the evidence answered a nonce this service issued;
     /// "no-freshness" when it carried none (framework evidence, admitted only
     /// where the policy allows it) — such evidence could have been replayed.
     pub freshness: &'static str,
+}
+
+impl AuditRecord {
+    /// A refusal (until the decision says otherwise) of evidence of type
+    /// `evidence` from `peer` at `time`.
+    pub fn new(time: i64, peer: String, evidence: &'static str, freshness: &'static str) -> Self {
+        Self {
+            time,
+            peer,
+            role: String::new(),
+            measurement: String::new(),
+            platform: String::new(),
+            verdict: "refuse",
+            code: String::new(),
+            reason: String::new(),
+            insecure: false,
+            evidence,
+            freshness,
+        }
+    }
 }
 
 /// The open log.
@@ -112,7 +132,7 @@ mod tests {
             code: "admitted".into(),
             reason: String::new(),
             insecure: true,
-            evidence: "cca-evidence".into(),
+            evidence: "cca-evidence",
             freshness: "nonce",
         }
     }

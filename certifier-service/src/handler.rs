@@ -11,7 +11,7 @@ use attestation::certifier::admission::{
 use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, says, unary, verb};
 use attestation::certifier::decide::{Refusal, decide};
-use attestation::certifier::keys::PublicKey;
+use attestation::certifier::keys::{PublicKey, SigningKey};
 use attestation::certifier::nonce::{NonceError, NonceStore};
 use attestation::certifier::policy::{Policy, Role};
 use attestation::certifier::proto::{
@@ -50,6 +50,8 @@ impl Default for Settings {
 pub struct Service {
     dir: ServiceDir,
     policy_key_pkcs8: Vec<u8>,
+    /// The same key, loaded once, for signing claims.
+    policy_key: SigningKey,
     policy_cert_der: Vec<u8>,
     policy: Mutex<(Option<SystemTime>, Arc<Policy>)>,
     nonces: Mutex<NonceStore>,
@@ -127,6 +129,7 @@ impl Service {
             );
         }
         Ok(Self {
+            policy_key: dir.signing_key()?,
             policy_key_pkcs8: dir.policy_key_pkcs8()?,
             policy_cert_der: std::fs::read(dir.path("policy_cert.der"))?,
             policy: Mutex::new((dir.policy_mtime(), Arc::new(policy))),
@@ -209,16 +212,10 @@ impl Service {
                     Failure::new("internal", format!("policy unavailable: {e}")),
                 ),
             },
-            Some(PURPOSE_AUTHENTICATION) => {
-                let (result, record) = self.authenticate(&request, peer, now);
-                if let Err(e) = lock(&self.audit).append(&record) {
-                    warn!("{e:#}");
-                }
-                match result {
-                    Ok(cert) => succeeded(echo, cert),
-                    Err(f) => failed(echo, f),
-                }
-            }
+            Some(PURPOSE_AUTHENTICATION) => match self.authenticate(&request, peer, now) {
+                Ok(cert) => succeeded(echo, cert),
+                Err(f) => failed(echo, f),
+            },
             other => failed(
                 echo,
                 Failure::new(
@@ -255,34 +252,15 @@ impl Service {
                 );
             }
         };
-        let mut record = AuditRecord {
-            time: now,
-            peer: peer.to_string(),
-            role: String::new(),
-            measurement: String::new(),
-            platform: String::new(),
-            verdict: "refuse",
-            code: String::new(),
-            reason: String::new(),
-            insecure: false,
-            evidence: vse::EVIDENCE_TYPE.into(),
-            freshness: "no-freshness",
-        };
+        let mut record =
+            AuditRecord::new(now, peer.to_string(), vse::EVIDENCE_TYPE, "no-freshness");
         let result = self.framework_inner(request, goal, peer, now, &mut record);
+        self.audit(&mut record, &result);
         match &result {
             Ok(_) => {
-                record.verdict = "admit";
-                record.code = "admitted".into();
                 warn!(%peer, measurement = %record.measurement, purpose = ?goal, "admitted a Certifier Framework app on nonce-less evidence (no-freshness: it could have been replayed)");
             }
-            Err(f) => {
-                record.code = f.code.clone();
-                record.reason = f.reason.clone();
-                info!(%peer, code = %f.code, "refused framework evidence: {}", f.reason);
-            }
-        }
-        if let Err(e) = lock(&self.audit).append(&record) {
-            warn!("{e:#}");
+            Err(f) => info!(%peer, code = %f.code, "refused framework evidence: {}", f.reason),
         }
         match result {
             Ok(artifact) => succeeded(echo, artifact),
@@ -324,18 +302,15 @@ impl Service {
             Goal::Attestation => {
                 // The framework's "platform rule": policyKey says appKey
                 // is-trusted-for-attestation, for a year, as its service signs it.
-                let key =
-                    attestation::certifier::keys::SigningKey::from_pkcs8(&self.policy_key_pkcs8)
-                        .map_err(|e| internal(e.to_string()))?;
                 let rule = says(
-                    key_entity(&key.public_key(), "policyKey"),
+                    key_entity(&self.policy_key.public_key(), "policyKey"),
                     unary(
                         key_entity(admitted.app_key(), "appKey"),
                         verb::IS_TRUSTED_FOR_ATTESTATION,
                     ),
                 );
                 sign_claim(
-                    &key,
+                    &self.policy_key,
                     "policyKey",
                     &rule,
                     PLATFORM_RULE,
@@ -348,39 +323,40 @@ impl Service {
         }
     }
 
+    /// Record the decision in `result` in `record` and append it to the
+    /// audit log (a failing log is reported, never fatal to the request).
+    fn audit(&self, record: &mut AuditRecord, result: &Result<Vec<u8>, Failure>) {
+        match result {
+            Ok(_) => {
+                record.verdict = "admit";
+                record.code = "admitted".into();
+            }
+            Err(f) => {
+                record.code = f.code.clone();
+                record.reason = f.reason.clone();
+            }
+        }
+        if let Err(e) = lock(&self.audit).append(record) {
+            warn!("{e:#}");
+        }
+    }
+
     fn authenticate(
         &self,
         request: &TrustRequestMessage,
         peer: SocketAddr,
         now: i64,
-    ) -> (Result<Vec<u8>, Failure>, AuditRecord) {
-        let mut record = AuditRecord {
-            time: now,
-            peer: peer.to_string(),
-            role: String::new(),
-            measurement: String::new(),
-            platform: String::new(),
-            verdict: "refuse",
-            code: String::new(),
-            reason: String::new(),
-            insecure: false,
-            evidence: EVIDENCE_TYPE_CCA.into(),
-            freshness: "nonce",
-        };
+    ) -> Result<Vec<u8>, Failure> {
+        let mut record = AuditRecord::new(now, peer.to_string(), EVIDENCE_TYPE_CCA, "nonce");
         let result = self.authenticate_inner(request, peer, now, &mut record);
+        self.audit(&mut record, &result);
         match &result {
             Ok(_) => {
-                record.verdict = "admit";
-                record.code = "admitted".into();
-                info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, "admitted");
+                info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, "admitted")
             }
-            Err(f) => {
-                record.code = f.code.clone();
-                record.reason = f.reason.clone();
-                info!(%peer, role = %record.role, code = %f.code, "refused: {}", f.reason);
-            }
+            Err(f) => info!(%peer, role = %record.role, code = %f.code, "refused: {}", f.reason),
         }
-        (result, record)
+        result
     }
 
     fn authenticate_inner(

@@ -415,7 +415,7 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
             "personalization-value": m.personalization_value.as_ref().map(hex::encode),
             "revoked": p.revocation(&m.measurement).is_some(),
         })).collect::<Vec<_>>(),
-        "framework-platforms": framework_platforms(p).iter().map(|v| serde_json::json!({
+        "framework-platforms": p.vse_platforms().iter().map(|v| serde_json::json!({
             "key": key_hex(&v.key),
             "no-freshness-allowed": v.allow_no_freshness,
         })).collect::<Vec<_>>(),
@@ -428,18 +428,4 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
             "reason": r.reason,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// One entry per framework platform key (a key may be listed by several
-/// statements; the freshness permission is theirs combined).
-fn framework_platforms(
-    p: &attestation::certifier::policy::Policy,
-) -> Vec<attestation::certifier::policy::VsePlatform> {
-    let mut out: Vec<attestation::certifier::policy::VsePlatform> = Vec::new();
-    for v in p.vse_platforms() {
-        if !out.iter().any(|o| o.key == v.key) {
-            out.extend(p.vse_platform(&v.key));
-        }
-    }
-    out
 }

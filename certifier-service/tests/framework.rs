@@ -74,22 +74,9 @@ impl Deployment {
             decode_bounded(&testdata("attest_key_file_2025.key_message.bin")).unwrap();
         let attest_pub = PublicKey::from_key_message(&attest_key).unwrap();
         let platform = SigningKey::generate_p256().unwrap().0;
-        let endorsement = sign_claim(
-            &platform,
-            "platformKey",
-            &says(
-                key_entity(&platform.public_key(), "platformKey"),
-                unary(
-                    key_entity(&attest_pub, "attestKey"),
-                    verb::IS_TRUSTED_FOR_ATTESTATION,
-                ),
-            ),
-            "",
-            now - 60,
-            now + 86_400,
-        )
-        .unwrap()
-        .encode_to_vec();
+        let endorsement = vse::sign_endorsement(&platform, &attest_pub, now - 60, now + 86_400)
+            .unwrap()
+            .encode_to_vec();
         let policy_says = |stmt| {
             sign_claim(
                 &policy_key,

@@ -19,7 +19,8 @@ use thiserror::Error;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::decide::Admitted;
-use super::keys::PublicKey;
+use super::der;
+use super::keys::{PublicKey, strip_leading_zeros};
 use super::policy::Role;
 
 /// Object identifiers of our extensions, under an arc of 2.25 (ITU-T X.667,
@@ -148,16 +149,9 @@ fn subject_key(key: &PublicKey) -> SubjectKey {
 
 /// PKCS#1 RSAPublicKey DER (what an RSA SPKI's bit string holds).
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    let int = |b: &[u8]| {
-        let mut v = b.to_vec();
-        if v.first().is_none_or(|x| x & 0x80 != 0) {
-            v.insert(0, 0);
-        }
-        der_tlv(0x02, &v)
-    };
-    let mut body = int(n);
-    body.extend(int(e));
-    der_tlv(0x30, &body)
+    let mut body = der::unsigned_integer(n);
+    body.extend(der::unsigned_integer(e));
+    der::tlv(0x30, &body)
 }
 
 /// The fields every admission certificate shares with the framework's:
@@ -244,8 +238,8 @@ pub fn certified_key(der: &[u8]) -> Result<PublicKey, CertError> {
     let spki = cert.public_key();
     match spki.parsed() {
         Ok(Spki::RSA(rsa)) => Ok(PublicKey::Rsa {
-            n: strip_zeros(rsa.modulus),
-            e: strip_zeros(rsa.exponent),
+            n: strip_leading_zeros(rsa.modulus),
+            e: strip_leading_zeros(rsa.exponent),
         }),
         Ok(Spki::EC(point)) => PublicKey::from_ec_point(point.data())
             .ok_or_else(|| CertError::Malformed("EC key is not P-256 or P-384".into())),
@@ -253,25 +247,6 @@ pub fn certified_key(der: &[u8]) -> Result<PublicKey, CertError> {
             "subject key is neither RSA nor EC".into(),
         )),
     }
-}
-
-fn strip_zeros(b: &[u8]) -> Vec<u8> {
-    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    b[i..].to_vec()
-}
-
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    if content.len() < 0x80 {
-        out.push(content.len() as u8);
-    } else {
-        let len = content.len().to_be_bytes();
-        let bytes: Vec<u8> = len.iter().copied().skip_while(|b| *b == 0).collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 /// Issue an admission certificate for `admitted`, valid from `now` for
@@ -295,9 +270,9 @@ pub fn issue_admission_certificate(
     params.custom_extensions = vec![
         CustomExtension::from_oid_content(
             oid::ROLE,
-            der_tlv(0x0c, admitted.role.as_str().as_bytes()),
+            der::tlv(0x0c, admitted.role.as_str().as_bytes()),
         ),
-        CustomExtension::from_oid_content(oid::MEASUREMENT, der_tlv(0x04, &admitted.measurement)),
+        CustomExtension::from_oid_content(oid::MEASUREMENT, der::tlv(0x04, &admitted.measurement)),
     ];
     if admitted.insecure_platform {
         params

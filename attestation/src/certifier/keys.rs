@@ -15,6 +15,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey};
 use thiserror::Error;
 
+use super::der;
 use super::proto::{EccMessage, KeyMessage, PointMessage, RsaMessage};
 
 /// Signature algorithm names used in `signed_claim_message.signing_algorithm`.
@@ -71,7 +72,8 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
-fn strip_leading_zeros(b: &[u8]) -> Vec<u8> {
+/// Unsigned big-endian bytes without leading zeros (the framework's form).
+pub(crate) fn strip_leading_zeros(b: &[u8]) -> Vec<u8> {
     let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
     b[i..].to_vec()
 }
@@ -277,18 +279,13 @@ impl SigningKey {
         let pkcs1 = rsa_pkcs1_der(k)?;
         RsaKeyPair::from_der(&pkcs1).map_err(|_| KeyError::Invalid("RSA key rejected"))?;
         // PrivateKeyInfo { version 0, rsaEncryption with NULL parameters, the PKCS#1 key }.
-        let mut body = vec![0x02, 0x01, 0x00];
+        let mut body = der::unsigned_integer(&[0]);
         body.extend_from_slice(&[
             0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
             0x00,
         ]);
-        body.push(0x04);
-        der_len(&mut body, pkcs1.len());
-        body.extend_from_slice(&pkcs1);
-        let mut out = vec![0x30];
-        der_len(&mut out, body.len());
-        out.extend_from_slice(&body);
-        Ok(out)
+        body.extend(der::tlv(0x04, &pkcs1));
+        Ok(der::tlv(0x30, &body))
     }
 
     /// The signature algorithm string this key produces.
@@ -422,32 +419,9 @@ fn gcd(a: &BigUint, b: &BigUint) -> BigUint {
 
 /// DER of PKCS#1 RSAPrivateKey: SEQUENCE of INTEGERs.
 fn rsa_private_key_der(ints: &[&BigUint]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for i in ints {
-        let mut bytes = i.to_bytes_be();
-        if bytes[0] & 0x80 != 0 {
-            bytes.insert(0, 0);
-        }
-        body.push(0x02);
-        der_len(&mut body, bytes.len());
-        body.extend_from_slice(&bytes);
-    }
-    let mut out = vec![0x30];
-    der_len(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
-    }
+    let body: Vec<u8> = ints
+        .iter()
+        .flat_map(|i| der::unsigned_integer(&i.to_bytes_be()))
+        .collect();
+    der::tlv(0x30, &body)
 }

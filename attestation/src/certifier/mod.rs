@@ -15,6 +15,7 @@ pub mod claims;
 pub mod clause;
 pub mod client;
 pub mod decide;
+mod der;
 pub mod json;
 pub mod keys;
 pub mod nonce;

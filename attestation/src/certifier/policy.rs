@@ -293,11 +293,16 @@ impl Policy {
                     .ok_or_else(|| unrecognised("platform subject is not a key"))?;
                 let allow_no_freshness =
                     head == descriptor::VSE_PLATFORM && flags.contains(&descriptor::NO_FRESHNESS);
-                self.vse_platforms.push(VsePlatform {
-                    key,
-                    allow_no_freshness,
-                    statement: vc.clause.clone(),
-                });
+                // One entry per key: a later statement for the same key (the
+                // freshness permission import adds) widens it.
+                match self.vse_platforms.iter_mut().find(|p| p.key == key) {
+                    Some(p) => p.allow_no_freshness |= allow_no_freshness,
+                    None => self.vse_platforms.push(VsePlatform {
+                        key,
+                        allow_no_freshness,
+                        statement: vc.clause.clone(),
+                    }),
+                }
             }
             (verb::IS_TRUSTED_PLATFORM_COMPONENT, true) => {
                 let m = entity_measurement(subject)
@@ -344,23 +349,14 @@ impl Policy {
     pub fn revocation(&self, m: &[u8]) -> Option<&Revocation> {
         self.revoked.iter().find(|r| r.measurement == m)
     }
-    /// Framework simulated-enclave platform keys. A key listed by several
-    /// statements appears once per statement; nonce-less evidence is allowed
-    /// if any of them allows it (see [`Policy::vse_platform`]).
+    /// Framework simulated-enclave platform keys, one entry per key;
+    /// nonce-less evidence is allowed if any statement for the key allows it.
     pub fn vse_platforms(&self) -> &[VsePlatform] {
         &self.vse_platforms
     }
-    /// The entry for framework platform key `key`, with `allow_no_freshness`
-    /// set if any statement for that key allows it.
-    pub fn vse_platform(&self, key: &PublicKey) -> Option<VsePlatform> {
-        let mut found: Option<VsePlatform> = None;
-        for p in self.vse_platforms.iter().filter(|p| &p.key == key) {
-            match &mut found {
-                None => found = Some(p.clone()),
-                Some(f) => f.allow_no_freshness |= p.allow_no_freshness,
-            }
-        }
-        found
+    /// The entry for framework platform key `key`.
+    pub fn vse_platform(&self, key: &PublicKey) -> Option<&VsePlatform> {
+        self.vse_platforms.iter().find(|p| &p.key == key)
     }
     /// Measurements trusted the framework's way (no role).
     pub fn framework_measurements(&self) -> &[FrameworkMeasurement] {

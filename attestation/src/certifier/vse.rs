@@ -380,7 +380,8 @@ pub fn verify_package(
     while grew {
         grew = false;
         for (i, e) in endorsements.iter().enumerate() {
-            if !used.contains(&i) && trusted.contains(&e.signer) && !trusted.contains(&e.subject) {
+            // A subject is added once, so no endorsement is used twice.
+            if trusted.contains(&e.signer) && !trusted.contains(&e.subject) {
                 trusted.push(e.subject.clone());
                 used.push(i);
                 grew = true;
@@ -409,7 +410,7 @@ pub fn verify_package(
 
     prove(
         policy,
-        &root,
+        root,
         used.iter().map(|&i| &endorsements[i]),
         &report,
         &entry.statement,
@@ -419,7 +420,7 @@ pub fn verify_package(
     Ok(VseAdmitted {
         measurement: report.measurement,
         app_key: report.app_key,
-        platform_key: root.key,
+        platform_key: root.key.clone(),
         goal,
     })
 }
@@ -483,6 +484,32 @@ fn prove<'a>(
     steps.push(step(&axiom, measurement_statement, 3, &m_trusted));
     steps.push(step(&m_trusted, &speaks, goal.rule(), &conclusion));
     verify_proof(&conclusion, &proved, &steps)
+}
+
+/// The platform endorsement the framework's provisioning writes:
+/// "platformKey says attestKey is-trusted-for-attestation", signed by the
+/// platform key, valid over `[not_before, not_after]` (Unix seconds).
+pub fn sign_endorsement(
+    platform: &SigningKey,
+    attest_key: &PublicKey,
+    not_before: i64,
+    not_after: i64,
+) -> Result<SignedClaimMessage, KeyError> {
+    let statement = says(
+        key_entity(&platform.public_key(), "platformKey"),
+        unary(
+            key_entity(attest_key, "attestKey"),
+            verb::IS_TRUSTED_FOR_ATTESTATION,
+        ),
+    );
+    super::claims::sign_claim(
+        platform,
+        "platformKey",
+        &statement,
+        "",
+        not_before,
+        not_after,
+    )
 }
 
 /// INSECURE: the framework's simulated enclave, as a prover for our client.
