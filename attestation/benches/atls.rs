@@ -47,7 +47,8 @@ fn attested() -> (Configs, Vec<u8>) {
             role,
             measurement: vec![0x42; 64],
             auth_key: key.public_key(),
-            insecure_platform: false,
+            platform_instance: [1; 33],
+            insecure: None,
         };
         let cert = issue_admission_certificate(&pkcs8, &admitted, now, 3600, None).unwrap();
         (
@@ -286,6 +287,7 @@ fn main() {
             role: Role::device(),
             measurement: platform.rim().as_bytes().to_vec(),
             insecure_platform: true,
+            platform_instance: [1; 33],
             auth_key: attestation::certifier::keys::PublicKey::P256(vec![]),
             auth_key_spki: device_spki.clone(),
         };

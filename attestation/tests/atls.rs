@@ -51,7 +51,9 @@ impl Pki {
             role: Role::new(role).unwrap(),
             measurement: measurement.to_vec(),
             auth_key: key.public_key(),
-            insecure_platform: insecure,
+            platform_instance: [1; 33],
+            insecure: insecure
+                .then_some(attestation::certifier::insecure::Insecurity::EmulatedPlatform),
         };
         let cert =
             issue_admission_certificate(&self.pkcs8, &admitted, issued, validity, None).unwrap();

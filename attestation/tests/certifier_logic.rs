@@ -440,7 +440,7 @@ fn decide_admits_the_trusted_role_and_explains_every_refusal() {
     );
     let admitted = f.decide(&e, &auth, &device).unwrap();
     assert_eq!(admitted.measurement, e.rim);
-    assert!(admitted.insecure_platform);
+    assert!(admitted.is_insecure());
 
     // A personalization value pinned by the policy must match.
     let all = flags(&[CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY]);
@@ -569,4 +569,163 @@ fn a_policy_is_rejected_whole_if_any_claim_is_not_the_policy_keys() {
     assert!(Role::new("Bad Role").is_err());
     assert!(Role::new(&"a".repeat(33)).is_err());
     assert_eq!(Role::new("analytics-2").unwrap().as_str(), "analytics-2");
+}
+
+// ------------------------------------------- INSECURE marking (issues 17, 24)
+
+/// TF-A's sample implementation id (the one in TF-A's QEMU sample platform
+/// token): what a forger would write to look like a real platform.
+const TFA_SAMPLE_IMPLEMENTATION_ID: [u8; 32] = [
+    0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0, 0x3e, 0, 0x01, 0,
+    0, 0, 0x50, 0x58, 0, 0, 0, 0, 0, 0,
+];
+
+fn public_test_material(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/cca/public-test-material")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// The TF-M tools test CPAK as an emulated platform: anyone can sign
+/// platform tokens with it, since its private half is published.
+fn tf_m_test_key_platform() -> (InsecureEmulatedPlatform, PublicKey) {
+    let pem = public_test_material("tf-m-tools_cca_platform.pkcs8.pem");
+    let der = pem::parse(pem).unwrap().contents().to_vec();
+    let platform = InsecureEmulatedPlatform::from_pkcs8(&der)
+        .unwrap()
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    let cpak = PublicKey::P384(platform.platform_public_key().point().to_vec());
+    (platform, cpak)
+}
+
+/// Issue 17 item 1: a token signed with the emulated platform key but
+/// claiming another implementation id used to be admitted without the
+/// INSECURE mark (so peers that refuse INSECURE peers accepted it). The mark
+/// now comes from the policy entry whose key verified the token.
+#[test]
+fn a_forged_implementation_id_under_the_emulated_key_is_still_insecure() {
+    use attestation::certifier::insecure::Insecurity;
+    use descriptor::{CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY};
+    let auth = fresh_key();
+    let (mut f, _) = scenario(
+        Some(&flags(&[
+            CCA_PLATFORM,
+            INSECURE_EMULATED,
+            SW_COMPONENTS_ANY,
+        ])),
+        "role:device",
+        &auth,
+    );
+    let rim = f.platform.rim().as_bytes().to_vec();
+    let forged = std::mem::replace(&mut f.platform, Fixture::new().platform)
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    f.platform = forged;
+    let (nonce, token) = f.evidence(&auth);
+    let parsed = attestation::cca::parse(&token).unwrap();
+    assert_eq!(
+        parsed.platform().claims().implementation_id,
+        TFA_SAMPLE_IMPLEMENTATION_ID,
+        "the token does not say it is emulated"
+    );
+    let admitted = f
+        .decide(&Evidence { rim, nonce, token }, &auth, &Role::device())
+        .unwrap();
+    assert_eq!(admitted.insecure, Some(Insecurity::EmulatedPlatform));
+    let cert = issue_admission_certificate(&f.pkcs8, &admitted, f.now, 3600, None).unwrap();
+    let claims = verify_admission_certificate(&cert, &f.policy_key.public_key(), f.now).unwrap();
+    assert!(claims.insecure_platform, "the certificate carries the mark");
+    // A peer that does not accept INSECURE peers refuses it.
+    let requirement = attestation::atls::PeerRequirement::roles([Role::device()]).unwrap();
+    assert_eq!(
+        requirement.check(&claims),
+        Err(attestation::atls::PeerError::InsecurePlatform)
+    );
+}
+
+/// Issue 24: the TF-M tools test CPAK trusted on purpose (`insecure-test-key`)
+/// admits, but every certificate is INSECURE; trusted *without* the flag (an
+/// older or hand-edited policy) it is recognised by its bytes and the
+/// admission is INSECURE all the same.
+#[test]
+fn a_public_test_cpak_makes_every_admission_insecure() {
+    use attestation::certifier::insecure::Insecurity;
+    use descriptor::{CCA_PLATFORM, INSECURE_TEST_KEY, SW_COMPONENTS_ANY};
+    let auth = fresh_key();
+    for platform_flags in [
+        flags(&[CCA_PLATFORM, INSECURE_TEST_KEY, SW_COMPONENTS_ANY]),
+        flags(&[CCA_PLATFORM, SW_COMPONENTS_ANY]),
+    ] {
+        let mut f = Fixture::new();
+        let (platform, cpak) = tf_m_test_key_platform();
+        f.platform = platform;
+        f.cpak = cpak;
+        f.platform_entry(&platform_flags);
+        let rim = f.platform.rim().as_bytes().to_vec();
+        f.add(
+            unary(measurement_entity(&rim), verb::IS_TRUSTED),
+            "role:runtime",
+        );
+        let policy = f.policy().unwrap();
+        assert!(policy.is_insecure(), "{platform_flags}");
+        let (nonce, token) = f.evidence(&auth);
+        let admitted = f
+            .decide(&Evidence { rim, nonce, token }, &auth, &Role::runtime())
+            .unwrap();
+        match admitted.insecure {
+            Some(Insecurity::TestMaterial(m)) => {
+                assert_eq!(m.name, "tf-m-tools-cca-platform-cpak")
+            }
+            other => panic!("{platform_flags}: {other:?}"),
+        }
+        let cert = issue_admission_certificate(&f.pkcs8, &admitted, f.now, 3600, None).unwrap();
+        let claims =
+            verify_admission_certificate(&cert, &f.policy_key.public_key(), f.now).unwrap();
+        assert!(claims.insecure_platform);
+    }
+}
+
+/// An operator may declare a key test material that is not on the list.
+#[test]
+fn a_declared_test_key_marks_admissions_insecure() {
+    use attestation::certifier::insecure::Insecurity;
+    use descriptor::{CCA_PLATFORM, INSECURE_TEST_KEY, SW_COMPONENTS_ANY};
+    let auth = fresh_key();
+    let mut f = Fixture::new();
+    f.platform = std::mem::replace(&mut f.platform, Fixture::new().platform)
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    f.platform_entry(&flags(&[
+        CCA_PLATFORM,
+        INSECURE_TEST_KEY,
+        SW_COMPONENTS_ANY,
+    ]));
+    let rim = f.platform.rim().as_bytes().to_vec();
+    f.add(
+        unary(measurement_entity(&rim), verb::IS_TRUSTED),
+        "role:runtime",
+    );
+    let (nonce, token) = f.evidence(&auth);
+    let admitted = f
+        .decide(&Evidence { rim, nonce, token }, &auth, &Role::runtime())
+        .unwrap();
+    assert_eq!(admitted.insecure, Some(Insecurity::DeclaredTestKey));
+
+    // The same key and token without the flag: hardware as far as anyone
+    // can tell, so no mark (the control for the test above).
+    let mut g = Fixture::new();
+    g.platform = std::mem::replace(&mut f.platform, Fixture::new().platform);
+    g.cpak = f.cpak.clone();
+    g.platform_entry(&flags(&[CCA_PLATFORM, SW_COMPONENTS_ANY]));
+    let rim = g.platform.rim().as_bytes().to_vec();
+    g.add(
+        unary(measurement_entity(&rim), verb::IS_TRUSTED),
+        "role:runtime",
+    );
+    let (nonce, token) = g.evidence(&auth);
+    let admitted = g
+        .decide(&Evidence { rim, nonce, token }, &auth, &Role::runtime())
+        .unwrap();
+    assert_eq!(admitted.insecure, None);
 }

@@ -31,8 +31,13 @@ pub struct AuditRecord {
     pub code: String,
     /// Human reason.
     pub reason: String,
-    /// True when the evidence came from the INSECURE emulated platform.
+    /// True when the evidence could have been forged: the INSECURE emulated
+    /// platform, or public test material (see `insecure_reason`).
     pub insecure: bool,
+    /// Why, as a stable code (`insecure-emulated-platform`,
+    /// `insecure-test-key`, `insecure-test-material`) and the material's
+    /// name; empty for hardware evidence.
+    pub insecure_reason: String,
     /// `submitted_evidence_type` of the request ("cca-evidence",
     /// "vse-attestation-package").
     pub evidence: &'static str,
@@ -56,6 +61,7 @@ impl AuditRecord {
             code: String::new(),
             reason: String::new(),
             insecure: false,
+            insecure_reason: String::new(),
             evidence,
             freshness,
         }
@@ -132,6 +138,7 @@ mod tests {
             code: "admitted".into(),
             reason: String::new(),
             insecure: true,
+            insecure_reason: "insecure-emulated-platform".into(),
             evidence: "cca-evidence",
             freshness: "nonce",
         }

@@ -116,10 +116,13 @@ impl Service {
     /// Load the directory's policy and key, open the audit log.
     pub fn open(dir: ServiceDir, settings: Settings, now: i64) -> anyhow::Result<Self> {
         let policy = dir.policy(now)?;
-        if policy.is_insecure() {
-            warn!(
-                "INSECURE: this policy trusts the emulated CCA platform; its evidence can be forged"
-            );
+        for p in policy.platforms() {
+            if let Some(why) = p.insecurity() {
+                warn!(
+                    reason = %why.tag(),
+                    "INSECURE: this policy trusts a platform key whose evidence anyone can forge ({why}); every admission through it is marked INSECURE"
+                );
+            }
         }
         let (audit, cut) = AuditLog::open(&dir.path("audit.log"))?;
         if cut > 0 {
@@ -352,7 +355,7 @@ impl Service {
         self.audit(&mut record, &result);
         match &result {
             Ok(_) => {
-                info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, "admitted")
+                info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, insecure_reason = %record.insecure_reason, "admitted")
             }
             Err(f) => info!(%peer, role = %record.role, code = %f.code, "refused: {}", f.reason),
         }
@@ -383,7 +386,10 @@ impl Service {
             &facts.auth_key,
             &facts.role,
         )?;
-        record.insecure = admitted.insecure_platform;
+        if let Some(why) = &admitted.insecure {
+            record.insecure = true;
+            record.insecure_reason = why.tag();
+        }
         issue_admission_certificate(
             &self.policy_key_pkcs8,
             &admitted,

@@ -149,6 +149,14 @@ enum PolicyCommand {
         reason: String,
     },
     /// Trust a real CCA platform key (CPAK, PEM or JWK).
+    ///
+    /// Keys whose private half is public (the TF-M tools test CPAK that signs
+    /// TF-A's QEMU/FVP sample platform token, Veraison's test IAK, Islet's
+    /// HES dummy CPAK, ...) are refused: anyone can forge tokens with them.
+    /// For a QEMU or FVP test setup, add --insecure-test-key; every admission
+    /// through that key is then marked INSECURE, and peers refuse it unless
+    /// they allow INSECURE peers. For real hardware, take the CPAK from the
+    /// platform's endorsements (e.g. its vendor's CoRIM).
     TrustPlatform {
         /// Service directory.
         #[arg(long)]
@@ -159,6 +167,10 @@ enum PolicyCommand {
         /// Do not check firmware components against reference values.
         #[arg(long)]
         skip_sw_components: bool,
+        /// Trust this key knowing that it is public test material (or that
+        /// you consider it so): admissions through it are marked INSECURE.
+        #[arg(long)]
+        insecure_test_key: bool,
     },
     /// Add a platform firmware component reference value (hex measurement).
     TrustComponent {
@@ -346,10 +358,24 @@ fn run(command: Command) -> Result<()> {
             dir,
             cpak,
             skip_sw_components,
+            insecure_test_key,
         }) => {
             let key = platform_public_key(&cpak)?;
-            ServiceDir::open(&dir)?.trust_platform(&key, skip_sw_components, now)?;
-            println!("platform key {} trusted", cpak.display());
+            let known = ServiceDir::open(&dir)?
+                .trust_platform(&key, skip_sw_components, insecure_test_key, now)
+                .with_context(|| format!("trusting {}", cpak.display()))?;
+            match (known, insecure_test_key) {
+                (Some(m), _) => println!(
+                    "INSECURE: platform key {} trusted as test material ({}); every admission through it is marked INSECURE",
+                    cpak.display(),
+                    m.name
+                ),
+                (None, true) => println!(
+                    "INSECURE: platform key {} trusted as a test key; every admission through it is marked INSECURE",
+                    cpak.display()
+                ),
+                (None, false) => println!("platform key {} trusted", cpak.display()),
+            }
         }
         Command::Policy(PolicyCommand::TrustComponent { dir, measurement }) => {
             let m = hex_arg("measurement", &measurement)?;
@@ -406,6 +432,7 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
         "platforms": p.platforms().iter().map(|t| serde_json::json!({
             "cpak": key_hex(&t.cpak),
             "insecure-emulated": t.insecure_emulated,
+            "insecure": t.insecurity().map(|i| i.tag()),
             "sw-components": if t.skip_sw_components { "not appraised" } else { "must match reference values" },
         })).collect::<Vec<_>>(),
         "platform-components": p.platform_components().iter().map(hex::encode).collect::<Vec<_>>(),

@@ -16,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use attestation::cca::test_material::{TestMaterial, known_key_spki};
 use attestation::certifier::admission::policy_certificate;
 use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
@@ -290,17 +291,37 @@ impl ServiceDir {
         )
     }
 
-    /// Trust a (real) CCA platform key, optionally without firmware appraisal.
+    /// Trust a CCA platform key, optionally without firmware appraisal.
+    ///
+    /// A key on the list of public test material is refused unless
+    /// `insecure_test_key` is set; with it, the statement carries
+    /// `insecure-test-key` and every admission through it is INSECURE.
+    /// Returns the listed material the key matched, if any.
     pub fn trust_platform(
         &self,
         cpak: &PublicKey,
         skip_sw_components: bool,
+        insecure_test_key: bool,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Option<&'static TestMaterial>> {
+        let known = cpak.ec_spki_der().and_then(|d| known_key_spki(&d));
+        if let (Some(m), false) = (known, insecure_test_key) {
+            bail!(
+                "refused: this platform key is public test material, not a hardware key: \
+                 {m}. Anyone can forge evidence with it. For a QEMU/FVP test setup re-run \
+                 with --insecure-test-key (admissions are then marked INSECURE); for real \
+                 hardware use the CPAK from the platform's endorsements (e.g. a CoRIM from \
+                 its vendor)"
+            );
+        }
         let mut d = descriptor::CCA_PLATFORM.to_string();
         if skip_sw_components {
             d.push(';');
             d.push_str(descriptor::SW_COMPONENTS_ANY);
+        }
+        if insecure_test_key {
+            d.push(';');
+            d.push_str(descriptor::INSECURE_TEST_KEY);
         }
         self.add_statement(
             unary(
@@ -309,7 +330,8 @@ impl ServiceDir {
             ),
             &d,
             now,
-        )
+        )?;
+        Ok(known)
     }
 
     /// Add a firmware component reference value.

@@ -114,6 +114,127 @@ fn refused_code(r: Result<Vec<u8>, ClientError>) -> (String, String) {
     }
 }
 
+/// The last audit record, as JSON.
+fn last_audit(svc: &str) -> serde_json::Value {
+    let log = std::fs::read_to_string(Path::new(svc).join("audit.log")).unwrap();
+    serde_json::from_str(log.lines().last().unwrap()).unwrap()
+}
+
+/// TF-A's sample implementation id: what a forger writes to look real.
+const TFA_SAMPLE_IMPLEMENTATION_ID: [u8; 32] = [
+    0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0, 0x3e, 0, 0x01, 0,
+    0, 0, 0x50, 0x58, 0, 0, 0, 0, 0, 0,
+];
+
+fn public_test_material(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../attestation/testdata/cca/public-test-material")
+        .join(name)
+}
+
+/// Issue 17 item 1, across the process boundary: evidence signed with the
+/// emulated platform key but claiming TF-A's implementation id is admitted
+/// only with the INSECURE mark (certificate and audit), so a peer that does
+/// not allow INSECURE peers refuses the certificate.
+#[test]
+fn a_forged_implementation_id_under_the_emulated_key_is_marked_insecure() {
+    let w = World::new("forged-impl-id");
+    let bin = w.binary("realm-runtime", "runtime v1");
+    assert!(w.trust("runtime", &bin).status.success());
+    let (_server, addr) = start(&w.svc, &[]);
+    let party = w
+        .party(&bin)
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    let key = auth_key();
+    let cert = rt()
+        .block_on(client(&addr).admit(&party, &key, &Role::runtime()))
+        .unwrap();
+    let claims = verify_admission_certificate(&cert, &w.policy_key(), unix_now()).unwrap();
+    assert!(
+        claims.insecure_platform,
+        "the certificate is marked INSECURE"
+    );
+    let strict = attestation::atls::PeerRequirement::roles([Role::runtime()]).unwrap();
+    assert_eq!(
+        strict.check(&claims),
+        Err(attestation::atls::PeerError::InsecurePlatform)
+    );
+    let record = last_audit(&w.svc);
+    assert_eq!(record["verdict"], "admit");
+    assert_eq!(record["insecure"], true);
+    assert_eq!(record["insecure_reason"], "insecure-emulated-platform");
+}
+
+/// Issue 24: `policy trust-platform` refuses the TF-M tools test CPAK (the
+/// key behind the TF-RMM QEMU tokens) unless told `--insecure-test-key`;
+/// with it, an admission on evidence signed by that (published) key carries
+/// the INSECURE extension and the audit names the material.
+#[test]
+fn the_public_test_cpak_is_refused_unless_marked_and_then_admits_insecure() {
+    let w = World::new("test-cpak");
+    let cpak = public_test_material("tf-m-tools_cca_platform.pub.pem");
+    let cpak = cpak.to_str().unwrap();
+    let out = cli(&["policy", "trust-platform", "--dir", &w.svc, "--cpak", cpak]);
+    assert!(!out.status.success(), "refused without the flag");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("public test material") && stderr.contains("--insecure-test-key"),
+        "{stderr}"
+    );
+    let show = ok(cli(&["policy", "show", "--dir", &w.svc]));
+    let policy: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(
+        policy["platforms"].as_array().unwrap().len(),
+        1,
+        "nothing was added: {policy}"
+    );
+
+    let out = ok(cli(&[
+        "policy",
+        "trust-platform",
+        "--dir",
+        &w.svc,
+        "--cpak",
+        cpak,
+        "--skip-sw-components",
+        "--insecure-test-key",
+    ]));
+    assert!(
+        out.contains("INSECURE") && out.contains("tf-m-tools-cca-platform-cpak"),
+        "{out}"
+    );
+    let show = ok(cli(&["policy", "show", "--dir", &w.svc]));
+    let policy: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(
+        policy["platforms"][1]["insecure"],
+        "insecure-test-material: tf-m-tools-cca-platform-cpak"
+    );
+
+    // Anyone can sign platform tokens with the published private half.
+    let bin = w.binary("realm-runtime", "runtime v1");
+    assert!(w.trust("runtime", &bin).status.success());
+    let (_server, addr) = start(&w.svc, &[]);
+    let party = InsecureEmulatedPlatform::from_key_file(&public_test_material(
+        "tf-m-tools_cca_platform.pkcs8.pem",
+    ))
+    .unwrap()
+    .measuring(Path::new(&bin))
+    .unwrap()
+    .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    let key = auth_key();
+    let cert = rt()
+        .block_on(client(&addr).admit(&party, &key, &Role::runtime()))
+        .unwrap();
+    let claims = verify_admission_certificate(&cert, &w.policy_key(), unix_now()).unwrap();
+    assert!(claims.insecure_platform);
+    let record = last_audit(&w.svc);
+    assert_eq!(record["verdict"], "admit");
+    assert_eq!(
+        record["insecure_reason"],
+        "insecure-test-material: tf-m-tools-cca-platform-cpak"
+    );
+}
+
 #[test]
 fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
     let w = World::new("roles");

@@ -361,7 +361,8 @@ fn expired_runtime_identity(w: &World) -> Identity {
             .as_bytes()
             .to_vec(),
         auth_key: auth.public_key(),
-        insecure_platform: true,
+        platform_instance: [1; 33],
+        insecure: Some(attestation::certifier::insecure::Insecurity::EmulatedPlatform),
     };
     let cert = issue_admission_certificate(
         policy_key.contents(),

@@ -121,6 +121,21 @@ impl InputSpec {
         format!("[{}]", dims.join(","))
     }
 
+    /// How many samples a request of validated `shape` carries: the product
+    /// of its symbolic (`N`) dimensions, at least 1, saturating. Budgets
+    /// charge by it, so a batch costs as much as its rows. A model with a
+    /// second symbolic axis (e.g. sequence length) is charged for both,
+    /// which over-counts rather than lets a request through cheaply.
+    pub fn samples(&self, shape: &[usize]) -> u32 {
+        self.dims
+            .iter()
+            .zip(shape)
+            .filter(|(want, _)| want.is_none())
+            .fold(1u32, |n, (_, &got)| {
+                n.saturating_mul(u32::try_from(got).unwrap_or(u32::MAX))
+            })
+    }
+
     /// Check `t` against this spec; returns the validated shape.
     pub fn check(&self, t: &Tensor) -> Result<Vec<usize>, InputError> {
         t.validate(MAX_INPUT_ELEMENTS)
@@ -343,6 +358,8 @@ mod tests {
         assert_eq!((s.rows, s.values.len()), (1, 10));
         let sum: f32 = s.values.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to 1: {sum}");
+        // A batch of 3 is 3 samples for a budget.
+        assert_eq!(m.input().samples(&[3, 64]), 3);
         // A batch of 3 gives 3 rows.
         let batch = Tensor {
             shape: vec![3, 64],

@@ -16,4 +16,4 @@ pub use engine::{
     ElementType, InputError, InputSpec, LoadError, LoadedModel, MAX_INPUT_ELEMENTS, RunError,
     Scores, pin_input,
 };
-pub use output::{OutputError, apply};
+pub use output::{OutputError, apply, check_rows};

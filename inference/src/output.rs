@@ -40,25 +40,31 @@ fn rank(a: f32, b: f32) -> Ordering {
     }
 }
 
+/// Whether `policy` answers a request of `rows` samples. Label and top-k
+/// answer one sample per request; callers check this before spending a
+/// query budget or running the model, and [`apply`] checks it again.
+pub fn check_rows(policy: OutputPolicy, rows: usize) -> Result<(), OutputError> {
+    let name = match policy {
+        OutputPolicy::Scores => return Ok(()),
+        OutputPolicy::Label => "label",
+        OutputPolicy::TopK(_) => "top-k",
+    };
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(OutputError::OneSampleOnly { policy: name, rows })
+    }
+}
+
 /// Apply `policy` to `scores`.
 pub fn apply(policy: OutputPolicy, scores: Scores) -> Result<InferenceOutput, OutputError> {
     if scores.values.is_empty() {
         return Err(OutputError::Empty);
     }
-    let one_row = |name| {
-        if scores.rows == 1 {
-            Ok(())
-        } else {
-            Err(OutputError::OneSampleOnly {
-                policy: name,
-                rows: scores.rows,
-            })
-        }
-    };
+    check_rows(policy, scores.rows)?;
     match policy {
         OutputPolicy::Scores => Ok(InferenceOutput::Scores(scores.values)),
         OutputPolicy::Label => {
-            one_row("label")?;
             let best = (0..scores.values.len())
                 // Ties go to the lowest index, like numpy's argmax.
                 .max_by(|&a, &b| rank(scores.values[a], scores.values[b]).then(b.cmp(&a)))
@@ -66,7 +72,6 @@ pub fn apply(policy: OutputPolicy, scores: Scores) -> Result<InferenceOutput, Ou
             Ok(InferenceOutput::Label(best as u32))
         }
         OutputPolicy::TopK(k) => {
-            one_row("top-k")?;
             let mut idx: Vec<usize> = (0..scores.values.len()).collect();
             idx.sort_by(|&a, &b| rank(scores.values[b], scores.values[a]).then(a.cmp(&b)));
             idx.truncate(k as usize);

@@ -90,6 +90,7 @@ mod tests {
             role,
             measurement: vec![m; 64],
             insecure_platform: true,
+            platform_instance: [1; 33],
             auth_key: PublicKey::P256(vec![4; 65]),
             auth_key_spki: Vec::new(),
         }

@@ -60,7 +60,8 @@ fn world() -> World {
             role,
             measurement: platform.rim().as_bytes().to_vec(),
             auth_key: key.public_key(),
-            insecure_platform: true,
+            platform_instance: [1; 33],
+            insecure: Some(attestation::certifier::insecure::Insecurity::EmulatedPlatform),
         };
         let cert = issue_admission_certificate(&policy_pkcs8, &admitted, now, 3600, None).unwrap();
         Party {

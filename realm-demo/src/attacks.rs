@@ -1,5 +1,6 @@
 //! The attacks the demo plays with the libraries directly, because no
-//! shipped binary will do them: replaying an admission request, and a
+//! shipped binary will do them: replaying an admission request, forging a
+//! real platform's implementation id with the emulated key, and a
 //! trusted-but-compromised device poisoning federated rounds.
 
 use std::path::Path;
@@ -9,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, client_config, server_name,
 };
-use attestation::certifier::client::{Client, ClientError};
+use attestation::certifier::admission::verify_admission_certificate;
+use attestation::certifier::client::{Client, ClientError, unix_now};
 use attestation::certifier::decide::admission_challenge;
 use attestation::certifier::keys::SigningKey;
 use attestation::certifier::policy::Role;
@@ -39,6 +41,42 @@ pub async fn replay_evidence(certifier: &str, platform_key: &Path, image: &Path)
         Err(ClientError::Refused { code, .. }) => Ok(code),
         Err(e) => bail!("the replay failed for another reason: {e}"),
         Ok(_) => bail!("the REPLAYED evidence was admitted"),
+    }
+}
+
+/// TF-A's sample implementation id (claim 2396 of its QEMU sample platform
+/// token): what a forger writes to pass for a real platform.
+const TFA_SAMPLE_IMPLEMENTATION_ID: [u8; 32] = [
+    0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0, 0x3e, 0, 0x01, 0,
+    0, 0, 0x50, 0x58, 0, 0, 0, 0, 0, 0,
+];
+
+/// Sign evidence with the emulated platform key but claim TF-A's
+/// implementation id, as if from a real platform. The certifier must still
+/// mark the certificate INSECURE (the mark follows the policy entry whose key
+/// verified the token); a peer that does not allow INSECURE peers must then
+/// refuse it. Returns that peer's refusal.
+pub async fn forged_platform(
+    certifier: &str,
+    anchor: &PolicyAnchor,
+    platform_key: &Path,
+    image: &Path,
+) -> Result<String> {
+    let platform = InsecureEmulatedPlatform::from_key_file(platform_key)?
+        .measuring(image)?
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    let (key, _) = SigningKey::generate_p256()?;
+    let cert = Client::new(certifier.to_string(), Duration::from_secs(10))
+        .admit(&platform, &key.public_key(), &Role::device())
+        .await
+        .context("the forged evidence should be admitted, marked INSECURE")?;
+    let claims = verify_admission_certificate(&cert, anchor.key(), unix_now())?;
+    if !claims.insecure_platform {
+        bail!("the certificate for forged evidence is NOT marked INSECURE");
+    }
+    match PeerRequirement::roles([Role::device()])?.check(&claims) {
+        Err(e) => Ok(e.to_string()),
+        Ok(()) => bail!("a strict peer ACCEPTED the forged platform"),
     }
 }
 

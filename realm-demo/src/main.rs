@@ -64,6 +64,13 @@ struct Demo {
 }
 
 impl Demo {
+    /// The policy certificate as the trust anchor every party uses.
+    fn anchor(&self) -> Result<PolicyAnchor> {
+        Ok(PolicyAnchor::from_certificate_der(&std::fs::read(
+            self.p("svc/policy_cert.der"),
+        )?)?)
+    }
+
     fn b(&self, name: &str) -> PathBuf {
         self.bin.join(name)
     }
@@ -511,7 +518,7 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
         .collect();
     let poison_csv = d.p("poison.csv");
     std::fs::write(&poison_csv, poison_rows.join("\n"))?;
-    let anchor = PolicyAnchor::from_certificate_der(&std::fs::read(d.p("svc/policy_cert.der"))?)?;
+    let anchor = d.anchor()?;
     let (cpak, agent_bin) = (d.p("cpak.key.pem"), d.b("device-agent"));
     let at = attacks::Where {
         runtime: &d.runtime,
@@ -633,7 +640,28 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
         Err(e) => check("replayed evidence token", false, format!("{e:#}")),
     });
 
-    // d. A device build the policy does not trust.
+    // d. The emulated key claiming a real platform's implementation id.
+    let forged = attacks::forged_platform(
+        &d.certifier,
+        &d.anchor()?,
+        Path::new(&d.p("cpak.key.pem")),
+        &d.b("device-agent"),
+    )
+    .await;
+    checks.push(match forged {
+        Ok(why) => check(
+            "emulated key forging a real platform's implementation id",
+            true,
+            format!("admitted only as INSECURE; a strict peer refuses it: {why}"),
+        ),
+        Err(e) => check(
+            "emulated key forging a real platform's implementation id",
+            false,
+            format!("{e:#}"),
+        ),
+    });
+
+    // e. A device build the policy does not trust.
     let rogue = d.rebuild("device-agent", b"exfiltrating build")?;
     let mut args = vec![
         "infer",

@@ -1,15 +1,21 @@
-//! Per-device query budgets: at most `queries` requests per model per
-//! fixed window of `window_secs`, as the model's provider set them. Repeated
+//! Per-device query budgets: at most `queries` *samples* per model per fixed
+//! window of `window_secs`, as the model's provider set them. Repeated
 //! querying is how models are extracted and how membership is inferred, so
 //! the budget is enforced here, inside the realm, not by the client.
 //!
-//! A "device" is one admitted identity (the auth key in its admission
-//! certificate). Re-admitting gives a new identity and a fresh budget, and
-//! the certifier does not limit how often a device is admitted: a budget
-//! slows extraction by one identity, not by a device that keeps re-admitting
-//! (see docs/threat-model.md).
+//! A request is charged for every sample it carries (rows along the batch
+//! axis; see `inference::InputSpec::samples`), so a batch cannot stretch a
+//! budget. A request that does not fit in what is left is refused whole.
+//!
+//! A "device" is one CCA platform instance (the instance id in its admission
+//! certificate), not one admitted identity: re-admitting gives a new auth key
+//! but the same platform, and so the same budget. On the INSECURE emulated
+//! platform the instance id is whatever the key holder writes, so there a
+//! budget bounds nothing against the key holder (docs/threat-model.md).
 //!
 //! Pure apart from the mutex: time is passed in, so tests need no clock.
+//! Must never: grow without bound (live windows are capped), or charge a
+//! request it then refuses.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,21 +24,39 @@ use std::time::{Duration, Instant};
 use protocol::QueryBudget;
 use thiserror::Error;
 
-/// Identities tracked before expired windows are swept.
+/// Windows tracked before expired ones are swept.
 const SWEEP_AT: usize = 10_000;
+/// Live (device, model) windows tracked at most; beyond it new devices are
+/// refused until windows expire, rather than growing memory.
+const MAX_WINDOWS: usize = 100_000;
 
-/// The budget is spent.
+/// Why a query was not charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error(
-    "query budget of {queries} per {window_secs} s exhausted; try again in {retry_after_secs} s"
-)]
-pub struct BudgetExceeded {
-    /// The budget.
-    pub queries: u32,
-    /// Its window.
-    pub window_secs: u32,
-    /// Seconds until the window resets.
-    pub retry_after_secs: u64,
+#[non_exhaustive]
+pub enum BudgetExceeded {
+    /// This device's budget cannot cover the request.
+    #[error(
+        "query budget of {queries} samples per {window_secs} s exhausted: this request has \
+         {requested} samples and {left} are left; try again in {retry_after_secs} s"
+    )]
+    Spent {
+        /// The budget, in samples.
+        queries: u32,
+        /// Its window.
+        window_secs: u32,
+        /// Samples in the refused request.
+        requested: u32,
+        /// Samples left in this window.
+        left: u32,
+        /// Seconds until the window resets.
+        retry_after_secs: u64,
+    },
+    /// Too many devices have live budgets; new ones wait for windows to end.
+    #[error("too many devices hold live query budgets; try again in {retry_after_secs} s")]
+    TableFull {
+        /// Seconds until the oldest window could have ended.
+        retry_after_secs: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -42,33 +66,49 @@ struct Window {
     used: u32,
 }
 
+/// A budget key: SHA-256 of the platform instance id.
+pub type DeviceKey = [u8; 32];
+
+/// The budget key of a platform instance.
+pub fn device_key(platform_instance: &[u8; 33]) -> DeviceKey {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, platform_instance).as_ref());
+    key
+}
+
 /// Budgets of every (device, model) pair seen.
 #[derive(Debug, Default)]
 pub struct Budgets {
-    windows: Mutex<HashMap<([u8; 32], String), Window>>,
+    windows: Mutex<HashMap<(DeviceKey, String), Window>>,
 }
 
 impl Budgets {
-    /// Count one query by `device` on `model` at `now`, or refuse it.
+    /// Charge `samples` queries by `device` on `model` at `now`, or refuse
+    /// the whole request.
     pub fn charge(
         &self,
-        device: &[u8; 32],
+        device: &DeviceKey,
         model: &str,
         budget: QueryBudget,
+        samples: u32,
         now: Instant,
     ) -> Result<(), BudgetExceeded> {
         let len = Duration::from_secs(u64::from(budget.window_secs.max(1)));
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= SWEEP_AT {
+        let key = (*device, model.to_string());
+        if !windows.contains_key(&key) && windows.len() >= SWEEP_AT {
             windows.retain(|_, w| now.saturating_duration_since(w.start) < w.len);
+            if windows.len() >= MAX_WINDOWS {
+                return Err(BudgetExceeded::TableFull {
+                    retry_after_secs: len.as_secs().max(1),
+                });
+            }
         }
-        let w = windows
-            .entry((*device, model.to_string()))
-            .or_insert(Window {
-                start: now,
-                len,
-                used: 0,
-            });
+        let w = windows.entry(key).or_insert(Window {
+            start: now,
+            len,
+            used: 0,
+        });
         if now.saturating_duration_since(w.start) >= w.len {
             *w = Window {
                 start: now,
@@ -76,15 +116,18 @@ impl Budgets {
                 used: 0,
             };
         }
-        if w.used >= budget.queries {
-            let left = w.len.saturating_sub(now.saturating_duration_since(w.start));
-            return Err(BudgetExceeded {
+        let left = budget.queries.saturating_sub(w.used);
+        if samples > left {
+            let wait = w.len.saturating_sub(now.saturating_duration_since(w.start));
+            return Err(BudgetExceeded::Spent {
                 queries: budget.queries,
                 window_secs: budget.window_secs,
-                retry_after_secs: left.as_secs().max(1),
+                requested: samples,
+                left,
+                retry_after_secs: wait.as_secs().max(1),
             });
         }
-        w.used += 1;
+        w.used += samples;
         Ok(())
     }
 }
@@ -103,17 +146,27 @@ mod tests {
         let b = Budgets::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.charge(&[1; 32], "m", B, t0).unwrap();
+            b.charge(&[1; 32], "m", B, 1, t0).unwrap();
         }
         let e = b
-            .charge(&[1; 32], "m", B, t0 + Duration::from_secs(10))
+            .charge(&[1; 32], "m", B, 1, t0 + Duration::from_secs(10))
             .unwrap_err();
-        assert_eq!(e.retry_after_secs, 50);
+        assert!(
+            matches!(
+                e,
+                BudgetExceeded::Spent {
+                    retry_after_secs: 50,
+                    left: 0,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // Other devices and other models have their own budgets.
-        b.charge(&[2; 32], "m", B, t0).unwrap();
-        b.charge(&[1; 32], "other", B, t0).unwrap();
+        b.charge(&[2; 32], "m", B, 1, t0).unwrap();
+        b.charge(&[1; 32], "other", B, 1, t0).unwrap();
         // A new window starts after 60 s.
-        b.charge(&[1; 32], "m", B, t0 + Duration::from_secs(60))
+        b.charge(&[1; 32], "m", B, 1, t0 + Duration::from_secs(60))
             .unwrap();
     }
 
@@ -124,7 +177,7 @@ mod tests {
             queries: 0,
             window_secs: 1,
         };
-        assert!(b.charge(&[1; 32], "m", zero, Instant::now()).is_err());
+        assert!(b.charge(&[1; 32], "m", zero, 1, Instant::now()).is_err());
     }
 
     #[test]
@@ -134,10 +187,60 @@ mod tests {
         for i in 0..SWEEP_AT as u32 {
             let mut d = [0u8; 32];
             d[..4].copy_from_slice(&i.to_le_bytes());
-            b.charge(&d, "m", B, t0).unwrap();
+            b.charge(&d, "m", B, 1, t0).unwrap();
         }
-        b.charge(&[0xff; 32], "m", B, t0 + Duration::from_secs(61))
+        b.charge(&[0xff; 32], "m", B, 1, t0 + Duration::from_secs(61))
             .unwrap();
         assert_eq!(b.windows.lock().unwrap().len(), 1);
+    }
+
+    /// Issue 17 item 4: a batch is charged per sample, and a batch larger
+    /// than what is left is refused whole (nothing is charged for it).
+    #[test]
+    fn batches_are_charged_per_sample() {
+        let b = Budgets::default();
+        let t0 = Instant::now();
+        let two = QueryBudget {
+            queries: 2,
+            window_secs: 3600,
+        };
+        let e = b.charge(&[1; 32], "m", two, 20_000, t0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BudgetExceeded::Spent {
+                    requested: 20_000,
+                    left: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        b.charge(&[1; 32], "m", two, 2, t0).unwrap();
+        assert!(b.charge(&[1; 32], "m", two, 1, t0).is_err());
+    }
+
+    /// The same platform instance is one budget, whatever key it was
+    /// admitted with: the key is derived from the instance id alone.
+    #[test]
+    fn the_budget_key_is_the_platform_instance() {
+        let phone = [7u8; 33];
+        assert_eq!(device_key(&phone), device_key(&phone));
+        assert_ne!(device_key(&phone), device_key(&[8u8; 33]));
+    }
+
+    #[test]
+    fn live_windows_are_capped() {
+        let b = Budgets::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_WINDOWS as u32 {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            b.charge(&d, "m", B, 1, t0).unwrap();
+        }
+        let e = b.charge(&[0xff; 32], "m", B, 1, t0).unwrap_err();
+        assert!(matches!(e, BudgetExceeded::TableFull { .. }), "{e:?}");
+        // A device already tracked is still served.
+        b.charge(&[0; 32], "m", B, 1, t0).unwrap();
     }
 }

@@ -30,7 +30,7 @@ use crate::metrics::{self, Metrics};
 use crate::models::{ModelError, Models};
 use crate::pool::{InferencePool, PoolError};
 use crate::provider::ProviderClient;
-use inference::{OutputError, RunError, apply};
+use inference::{OutputError, RunError, apply, check_rows};
 
 /// What the request handlers share.
 #[derive(Debug)]
@@ -100,21 +100,27 @@ impl RequestError {
 impl Runtime {
     async fn infer(
         &self,
-        device: &[u8; 32],
+        device: &crate::budget::DeviceKey,
         model_id: &str,
         input: Tensor,
     ) -> Result<InferenceOutput, RequestError> {
         let served = self.models.get(model_id).await?;
         // Shape and type before budget: a malformed request costs nothing.
-        served
+        let shape = served
             .model
             .input()
             .check(&input)
             .map_err(|e| RequestError::Input(e.to_string()))?;
-        if let Some(b) = served.serving.budget {
-            self.budgets.charge(device, model_id, b, Instant::now())?;
-        }
         let policy = served.serving.output;
+        // A batch the output policy will not answer is refused before it
+        // costs budget or compute.
+        let samples = served.model.input().samples(&shape);
+        check_rows(policy, samples as usize)?;
+        if let Some(b) = served.serving.budget {
+            // Every sample of a batch counts (a budget of 2 is 2 samples).
+            self.budgets
+                .charge(device, model_id, b, samples, Instant::now())?;
+        }
         let job = served.clone();
         self.metrics.queue_depth.set(self.pool.depth() as i64 + 1);
         let result = self.pool.run(move || job.model.run(input)).await;
@@ -317,8 +323,12 @@ async fn device_session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Budgets are per admitted identity: its TLS auth key.
-    let device: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &peer.auth_key_spki)
+    // Budgets are per CCA platform instance, not per admitted key: a phone
+    // that re-admits keeps its budget.
+    let device = crate::budget::device_key(&peer.platform_instance);
+    // Federated rounds still take one update per admitted identity (its TLS
+    // auth key): the laptop demo runs many devices on one emulated platform.
+    let fl_device: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &peer.auth_key_spki)
         .as_ref()
         .try_into()
         .unwrap_or([0; 32]);
@@ -408,7 +418,7 @@ where
                 }
                 Some(fl) => {
                     let update = fl::aggregate::Update { delta, num_samples };
-                    match fl.submit(device, round, update).await {
+                    match fl.submit(fl_device, round, update).await {
                         Ok(n) => {
                             submitted = Some(round);
                             info!(round, updates = n, "federated update accepted");

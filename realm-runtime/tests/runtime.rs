@@ -177,6 +177,10 @@ async fn world(name: &str) -> World {
     let mut budget = for_runtimes.to_vec();
     budget.extend(["--query-budget", "3/3600"]);
     let limited = w.seal("limited", "digits_mlp.onnx", &budget);
+    // Full scores answer batches: the budget must count their samples.
+    let mut scores_budget = budget.clone();
+    scores_budget.extend(["--output", "scores"]);
+    let limited_scores = w.seal("limited-scores", "digits_mlp.onnx", &scores_budget);
     // Released only to devices: this runtime must be refused its key.
     let secret = w.seal(
         "secret",
@@ -187,6 +191,7 @@ async fn world(name: &str) -> World {
         ("digits", digits),
         ("cnn", cnn),
         ("limited", limited),
+        ("limited-scores", limited_scores),
         ("secret", secret),
     ]);
 
@@ -340,15 +345,43 @@ async fn bad_requests_get_specific_errors_and_the_session_goes_on() {
         label(&infer(&mut c, "digits", good()).await);
     }
 
-    // A query budget of 3 per hour per device.
+    // A query budget of 3 samples per hour per device (platform instance).
     let mlp = || f32_tensor(&[1, 64], vec![0.5; 64]);
+    // A batch larger than the budget is refused whole (issue 17 item 4: a
+    // budget of 2 once returned 40,000 samples in two batched requests).
+    let batch = |n: usize| f32_tensor(&[n as u64, 64], vec![0.5; n * 64]);
+    let reply = infer(&mut c, "limited-scores", batch(1000)).await;
+    assert_eq!(error(&reply).0, ErrorCode::BudgetExceeded, "{reply:?}");
+    // It cost nothing: a batch of 2 fits, then the third sample, then no more.
+    for n in [2, 1] {
+        let reply = infer(&mut c, "limited-scores", batch(n)).await;
+        assert!(
+            matches!(&reply, Message::InferenceResponse { output: InferenceOutput::Scores(v), .. } if v.len() == n * 10),
+            "{reply:?}"
+        );
+    }
+    let reply = infer(&mut c, "limited-scores", batch(1)).await;
+    assert_eq!(error(&reply).0, ErrorCode::BudgetExceeded, "{reply:?}");
+    // A label-only model refuses a batch before charging it.
+    let reply = infer(&mut c, "limited", batch(2)).await;
+    assert_eq!(error(&reply).0, ErrorCode::BadRequest, "{reply:?}");
     for _ in 0..3 {
         label(&infer(&mut c, "limited", mlp()).await);
     }
     let reply = infer(&mut c, "limited", mlp()).await;
     assert_eq!(error(&reply).0, ErrorCode::BudgetExceeded, "{reply:?}");
-    // Another device has its own budget.
-    let other = w.device("device.img").await;
+    // Re-admitting the same phone (a new auth key, same platform instance)
+    // does not reset its budget.
+    let readmitted = w.device("device.img").await;
+    let mut again = w.connect(&readmitted).await.unwrap();
+    let reply = infer(&mut again, "limited", mlp()).await;
+    assert_eq!(error(&reply).0, ErrorCode::BudgetExceeded, "{reply:?}");
+    // Another phone (another platform instance) has its own budget.
+    let other_phone = w
+        .certifier
+        .platform_measuring(&w.dir.path().join("device.img"))
+        .with_instance_id([0x01; 33]);
+    let other = w.certifier.admit_with(&other_phone, Role::device()).await;
     let mut c2 = w.connect(&other).await.unwrap();
     label(&infer(&mut c2, "limited", mlp()).await);
 
@@ -417,7 +450,8 @@ async fn bad_requests_get_specific_errors_and_the_session_goes_on() {
     assert_eq!(
         w.metric("realm_runtime_errors_total{kind=\"budget\"}")
             .await,
-        1.0
+        // The oversized batch, both spent budgets and the re-admitted phone.
+        4.0
     );
 }
 

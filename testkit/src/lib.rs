@@ -221,10 +221,24 @@ impl Certifier {
         image: &Path,
         role: Role,
     ) -> Result<Identity, attestation::certifier::client::ClientError> {
-        let platform = self.platform_measuring(image);
+        self.try_admit_with(&self.platform_measuring(image), role)
+            .await
+    }
+
+    /// Get admitted as `role` with evidence from `platform` (e.g. one with
+    /// its own instance id, to stand for another phone).
+    pub async fn admit_with(&self, platform: &InsecureEmulatedPlatform, role: Role) -> Identity {
+        self.try_admit_with(platform, role).await.unwrap()
+    }
+
+    async fn try_admit_with(
+        &self,
+        platform: &InsecureEmulatedPlatform,
+        role: Role,
+    ) -> Result<Identity, attestation::certifier::client::ClientError> {
         let (key, pkcs8) = SigningKey::generate_p256().unwrap();
         let cert = Client::new(self.addr.clone(), Duration::from_secs(10))
-            .admit(&platform, &key.public_key(), &role)
+            .admit(platform, &key.public_key(), &role)
             .await?;
         Ok(Identity::new(cert, pkcs8))
     }

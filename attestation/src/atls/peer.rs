@@ -12,8 +12,11 @@ pub struct VerifiedPeer {
     pub role: Role,
     /// The peer's realm measurement.
     pub measurement: Vec<u8>,
-    /// Admitted on INSECURE emulated evidence.
+    /// Admitted on INSECURE evidence (emulated platform or test material).
     pub insecure_platform: bool,
+    /// The CCA platform instance id behind the admission: one phone, one
+    /// identity for budgets, however many auth keys it gets certified.
+    pub platform_instance: [u8; 33],
     /// The peer's TLS auth key.
     pub auth_key: PublicKey,
     /// DER SubjectPublicKeyInfo of that key (input to fresh-evidence challenges).
@@ -36,6 +39,7 @@ impl VerifiedPeer {
             role,
             measurement,
             insecure_platform,
+            platform_instance,
             auth_key,
             ..
         } = verify_admission_certificate(end_entity.as_ref(), policy_key, now)?;
@@ -46,6 +50,7 @@ impl VerifiedPeer {
             role,
             measurement,
             insecure_platform,
+            platform_instance,
             auth_key,
             auth_key_spki,
         })

@@ -261,6 +261,11 @@ fn run(command: Command) -> Result<ExitCode> {
             match cca::parse(&bytes) {
                 Ok(token) => {
                     eprintln!("note: inspect decodes only; nothing has been verified");
+                    let material = cca::test_material::carried_by(&token)
+                        .or_else(|| cca::known_test_signer(&token));
+                    if let Some(m) = material {
+                        eprintln!("INSECURE test material: {m}");
+                    }
                     print_json(&cca::json::token_to_json(&token))?;
                     Ok(ExitCode::SUCCESS)
                 }
@@ -468,6 +473,7 @@ fn verified_json(token: &VerifiedCcaToken) -> serde_json::Value {
         "verified": true,
         "challenge-checked": token.challenge_checked(),
         "insecure-emulated-platform": token.is_insecure_emulated(),
+        "insecure-test-material": token.test_material().map(|m| m.name),
         "envelope-tag": claims["envelope-tag"],
         "platform": claims["platform"],
         "realm": claims["realm"],
@@ -494,6 +500,10 @@ fn report_verified(token: &VerifiedCcaToken) {
         eprintln!(
             "WARNING: INSECURE emulated platform: anyone with its key file can forge this token"
         );
+    }
+    if let Some(m) = token.test_material() {
+        eprintln!("INSECURE test material: {m}");
+        eprintln!("WARNING: anyone can forge this token; it proves the format, not the hardware");
     }
 }
 
@@ -617,10 +627,9 @@ impl Demo {
         self.steps += 1;
         match r {
             Ok(t) => {
-                let insecure = if t.is_insecure_emulated() {
-                    " (INSECURE emulated platform)"
-                } else {
-                    ""
+                let insecure = match t.test_material() {
+                    Some(m) => format!(" (INSECURE test material: {})", m.name),
+                    None => String::new(),
                 };
                 println!("  {what}: VERIFIED{insecure}");
                 Some(t)

@@ -16,6 +16,7 @@ mod cpak;
 mod error;
 pub mod json;
 mod parse;
+pub mod test_material;
 mod types;
 mod verify;
 
@@ -27,4 +28,6 @@ pub use parse::{
     realm_claim_name,
 };
 pub use types::*;
-pub use verify::{LifecyclePolicy, VerifiedCcaToken, VerifyOptions, verify, verify_bytes};
+pub use verify::{
+    LifecyclePolicy, VerifiedCcaToken, VerifyOptions, known_test_signer, verify, verify_bytes,
+};

@@ -44,6 +44,9 @@ pub struct Signed<C> {
     pub(crate) algorithm: SignatureAlgorithm,
     pub(crate) tagged: bool,
     pub(crate) claims: C,
+    /// SHA-256 of the COSE_Sign1 bytes as carried in the collection (sample
+    /// platform tokens are recognised by it; see `test_material`).
+    pub(crate) sha256: [u8; 32],
 }
 
 impl<C> Signed<C> {
@@ -66,6 +69,10 @@ impl<C> Signed<C> {
     /// The signature bytes.
     pub(crate) fn signature(&self) -> &[u8] {
         &self.sign1.signature
+    }
+    /// SHA-256 of this COSE_Sign1 exactly as it was carried in the token.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
     }
 }
 
@@ -248,11 +255,14 @@ fn signed<C>(part: Part, bytes: &[u8], claims: ClaimsParser<C>) -> Result<Signed
         return Err(cose_err("payload is not a claims map".into()));
     };
     let claims = claims(entries)?;
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     Ok(Signed {
         sign1,
         algorithm,
         tagged,
         claims,
+        sha256,
     })
 }
 

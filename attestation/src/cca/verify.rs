@@ -11,6 +11,7 @@ use ring::signature::{self, UnparsedPublicKey};
 use super::cpak::{Curve, PlatformKey};
 use super::error::VerifyError;
 use super::parse::{CcaToken, SignatureAlgorithm, parse};
+use super::test_material::{self, TestMaterial};
 use super::types::{Challenge, Envelope, PlatformClaims, RealmClaims, lifecycle};
 
 /// Whether the platform must be in a secured lifecycle state.
@@ -40,6 +41,9 @@ pub struct VerifyOptions {
 pub struct VerifiedCcaToken {
     token: CcaToken,
     challenge_checked: bool,
+    /// The platform key whose signature verified (test material is
+    /// recognised by it as well as by what the token carries).
+    verified_with: PlatformKey,
 }
 
 impl VerifiedCcaToken {
@@ -67,6 +71,19 @@ impl VerifiedCcaToken {
     pub fn is_insecure_emulated(&self) -> bool {
         self.token.platform.claims.implementation_id
             == crate::platform::INSECURE_EMULATED_IMPLEMENTATION_ID
+    }
+    /// The platform key that verified the platform token.
+    pub fn verified_with(&self) -> &PlatformKey {
+        &self.verified_with
+    }
+    /// Public test material behind this token, if any: the key that verified
+    /// it is a published test key, its RAK is one, its platform token is a
+    /// byte-identical sample, or its implementation id is the emulated
+    /// platform's. Such a token proves nothing about hardware: whatever
+    /// admits it must mark the result INSECURE.
+    pub fn test_material(&self) -> Option<&'static TestMaterial> {
+        test_material::known_key_spki(&self.verified_with.to_spki_der())
+            .or_else(|| test_material::carried_by(&self.token))
     }
 }
 
@@ -147,6 +164,32 @@ pub fn verify(
     Ok(VerifiedCcaToken {
         token,
         challenge_checked,
+        verified_with: cpak.clone(),
+    })
+}
+
+/// The published test key, if any, whose signature the platform token
+/// carries. For offline inspection of an unverified token: it says who could
+/// have made it, never that it is good.
+pub fn known_test_signer(token: &CcaToken) -> Option<&'static TestMaterial> {
+    test_material::KNOWN.iter().find(|entry| {
+        entry.kind == test_material::MaterialKind::PublishedKey
+            && entry
+                .spki_der()
+                .and_then(|der| PlatformKey::from_spki_der(&der).ok())
+                .is_some_and(|key| {
+                    let alg = match key.curve() {
+                        Curve::P256 => SignatureAlgorithm::Es256,
+                        Curve::P384 => SignatureAlgorithm::Es384,
+                    };
+                    token.platform.algorithm == alg
+                        && ecdsa_verify(
+                            alg,
+                            key.point(),
+                            &token.platform.to_be_signed(),
+                            token.platform.signature(),
+                        )
+                })
     })
 }
 

@@ -33,8 +33,12 @@ pub mod oid {
     pub const ROLE: &[u64] = &[2, 25, 4719792614282834779, 1];
     /// Measurement (OCTET STRING).
     pub const MEASUREMENT: &[u64] = &[2, 25, 4719792614282834779, 2];
-    /// INSECURE emulated platform marker (BOOLEAN TRUE).
+    /// INSECURE marker (BOOLEAN TRUE): the evidence came from the emulated
+    /// platform or from public test material, and could have been forged.
     pub const INSECURE_PLATFORM: &[u64] = &[2, 25, 4719792614282834779, 3];
+    /// CCA platform instance id (OCTET STRING, 33 bytes): one phone is one
+    /// identity for budgets and rate limits, however often it is admitted.
+    pub const PLATFORM_INSTANCE: &[u64] = &[2, 25, 4719792614282834779, 4];
 }
 
 fn oid_string(arcs: &[u64]) -> String {
@@ -273,8 +277,12 @@ pub fn issue_admission_certificate(
             der::tlv(0x0c, admitted.role.as_str().as_bytes()),
         ),
         CustomExtension::from_oid_content(oid::MEASUREMENT, der::tlv(0x04, &admitted.measurement)),
+        CustomExtension::from_oid_content(
+            oid::PLATFORM_INSTANCE,
+            der::tlv(0x04, &admitted.platform_instance),
+        ),
     ];
-    if admitted.insecure_platform {
+    if admitted.is_insecure() {
         params
             .custom_extensions
             .push(CustomExtension::from_oid_content(
@@ -321,8 +329,11 @@ pub struct AdmissionClaims {
     pub role: Role,
     /// Realm measurement.
     pub measurement: Vec<u8>,
-    /// Evidence came from the INSECURE emulated platform.
+    /// Evidence came from the INSECURE emulated platform or public test
+    /// material.
     pub insecure_platform: bool,
+    /// The CCA platform instance id the evidence came from.
+    pub platform_instance: [u8; 33],
     /// The certified auth key.
     pub auth_key: PublicKey,
     /// End of validity, Unix seconds.
@@ -369,12 +380,18 @@ pub fn verify_admission_certificate(
         _ => return Err(CertError::MissingExtension("measurement")),
     };
     let insecure_platform = ext(oid::INSECURE_PLATFORM).is_some();
+    let platform_instance = match ext(oid::PLATFORM_INSTANCE) {
+        Some([0x04, 33, rest @ ..]) => <[u8; 33]>::try_from(rest).ok(),
+        _ => None,
+    }
+    .ok_or(CertError::MissingExtension("platform-instance"))?;
     let auth_key = PublicKey::from_ec_point(&cert.public_key().subject_public_key.data)
         .ok_or_else(|| CertError::Malformed("subject key is not P-256 or P-384".into()))?;
     Ok(AdmissionClaims {
         role,
         measurement,
         insecure_platform,
+        platform_instance,
         auth_key,
         not_after: validity.not_after.timestamp(),
     })

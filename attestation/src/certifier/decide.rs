@@ -6,7 +6,9 @@
 //! 1. the token verifies (`cca::verify`) with one of the policy's platform
 //!    keys, with realm challenge = SHA-512(nonce ‖ SPKI of the auth key);
 //! 2. an emulated token is admitted only through a platform entry marked
-//!    `insecure-emulated`;
+//!    `insecure-emulated`; the admission is INSECURE when that entry is
+//!    (emulated, or public test material) or when the token carries public
+//!    test material, whatever the token says about itself;
 //! 3. firmware components match reference values, unless the platform entry
 //!    explicitly skips them;
 //! 4. the RIM is not revoked;
@@ -18,6 +20,7 @@
 use thiserror::Error;
 
 use super::clause::{key_entity, measurement_entity, says, simple, unary, verb};
+use super::insecure::Insecurity;
 use super::keys::PublicKey;
 use super::policy::{Policy, Role, TrustedMeasurement, TrustedPlatform};
 use super::proof::{ProofError, ProofStep, verify_proof};
@@ -34,8 +37,18 @@ pub struct Admitted {
     pub measurement: Vec<u8>,
     /// The party's TLS auth key, bound by the realm challenge.
     pub auth_key: PublicKey,
-    /// The evidence came from the INSECURE emulated platform.
-    pub insecure_platform: bool,
+    /// The CCA platform instance id (claim 256) of the verified token.
+    pub platform_instance: [u8; 33],
+    /// Why the evidence could have been forged (the INSECURE emulated
+    /// platform, or public test material); `None` for hardware evidence.
+    pub insecure: Option<Insecurity>,
+}
+
+impl Admitted {
+    /// Whether the admission certificate must carry the INSECURE mark.
+    pub fn is_insecure(&self) -> bool {
+        self.insecure.is_some()
+    }
 }
 
 /// Why a party is not admitted.
@@ -171,6 +184,12 @@ pub fn decide(
     if token.is_insecure_emulated() && !platform.insecure_emulated {
         return Err(Refusal::EmulatedPlatformNotMarked);
     }
+    // The mark follows the entry whose key verified the token, then what the
+    // token carries: a token signed by the emulated key that claims another
+    // implementation id is still INSECURE.
+    let insecure = platform
+        .insecurity()
+        .or_else(|| token.test_material().map(Insecurity::TestMaterial));
 
     // 3. Firmware reference values.
     if !platform.skip_sw_components {
@@ -232,7 +251,8 @@ pub fn decide(
         role: role.clone(),
         measurement: rim,
         auth_key: auth_key.clone(),
-        insecure_platform: token.is_insecure_emulated(),
+        platform_instance: token.platform().instance_id,
+        insecure,
     })
 }
 

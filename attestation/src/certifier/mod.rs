@@ -16,6 +16,7 @@ pub mod clause;
 pub mod client;
 pub mod decide;
 mod der;
+pub mod insecure;
 pub mod json;
 pub mod keys;
 pub mod nonce;

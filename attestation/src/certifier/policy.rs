@@ -9,7 +9,7 @@
 //! | statement X | `claim_descriptor` | meaning |
 //! |---|---|---|
 //! | `Measurement[m] is-trusted` | `role:<name>` (+ `;rpv=<hex>`) | RIM m is admitted, only for that role (extension: roles), and only with that personalization value when one is given |
-//! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;sw-components=any`) | this CCA platform key may vouch for realms |
+//! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;insecure-test-key`, `;sw-components=any`) | this CCA platform key may vouch for realms; the flags mark it INSECURE (emulated, or public test material) |
 //! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component` | firmware reference value (extension) |
 //! | `Measurement[m] is-revoked` | `revoked:<reason>` | never admit m again (extension) |
 //! | `Measurement[m] is-trusted` | empty (as the framework writes it) | a Certifier Framework app with measurement m is admitted (no role) |
@@ -24,8 +24,10 @@ use thiserror::Error;
 
 use super::claims::{ClaimError, VerifiedClaim, verify_claim};
 use super::clause::{entity_key, entity_measurement, verb};
+use super::insecure::Insecurity;
 use super::keys::PublicKey;
 use super::proto::{SignedClaimSequence, VseClause};
+use crate::cca::test_material::{TestMaterial, known_key_spki};
 
 /// A role a measurement can be trusted for: `runtime`, `device`, `provider`,
 /// or a custom name (lowercase letters, digits, `-`, 1–32 characters).
@@ -80,6 +82,9 @@ pub mod descriptor {
     pub const CCA_PLATFORM: &str = "cca-platform";
     /// Flag: the platform is the INSECURE emulated one.
     pub const INSECURE_EMULATED: &str = "insecure-emulated";
+    /// Flag: the operator trusts public test material on purpose (QEMU/FVP
+    /// sample keys); everything admitted through it is INSECURE.
+    pub const INSECURE_TEST_KEY: &str = "insecure-test-key";
     /// Flag: do not appraise firmware components (explicit skip).
     pub const SW_COMPONENTS_ANY: &str = "sw-components=any";
     /// On "C is-trusted-platform-component".
@@ -130,10 +135,31 @@ pub struct TrustedPlatform {
     pub cpak: PublicKey,
     /// The INSECURE emulated platform (anyone with its key file can forge evidence).
     pub insecure_emulated: bool,
+    /// The operator marked this key `insecure-test-key`.
+    pub declared_test_key: bool,
+    /// The key is on the built-in list of public test material, whatever
+    /// the statement says (an older or hand-edited policy cannot hide it).
+    pub known_test_key: Option<&'static TestMaterial>,
     /// Firmware components are not appraised for this platform.
     pub skip_sw_components: bool,
     /// The signed statement "policyKey says CPAK is-trusted-for-attestation".
     pub statement: VseClause,
+}
+
+impl TrustedPlatform {
+    /// Why evidence verified by this entry is INSECURE, if it is: the
+    /// emulated flag first, then a listed test key, then the operator's flag.
+    pub fn insecurity(&self) -> Option<Insecurity> {
+        if self.insecure_emulated {
+            Some(Insecurity::EmulatedPlatform)
+        } else if let Some(m) = self.known_test_key {
+            Some(Insecurity::TestMaterial(m))
+        } else if self.declared_test_key {
+            Some(Insecurity::DeclaredTestKey)
+        } else {
+            None
+        }
+    }
 }
 
 /// A measurement trusted for a role.
@@ -279,9 +305,12 @@ impl Policy {
             (verb::IS_TRUSTED_FOR_ATTESTATION, true) if head == descriptor::CCA_PLATFORM => {
                 let cpak = entity_key(subject)
                     .ok_or_else(|| unrecognised("platform subject is not a key"))?;
+                let known_test_key = cpak.ec_spki_der().and_then(|d| known_key_spki(&d));
                 self.platforms.push(TrustedPlatform {
                     cpak,
                     insecure_emulated: flags.contains(&descriptor::INSECURE_EMULATED),
+                    declared_test_key: flags.contains(&descriptor::INSECURE_TEST_KEY),
+                    known_test_key,
                     skip_sw_components: flags.contains(&descriptor::SW_COMPONENTS_ANY),
                     statement: vc.clause.clone(),
                 });
@@ -362,8 +391,8 @@ impl Policy {
     pub fn framework_measurements(&self) -> &[FrameworkMeasurement] {
         &self.framework_measurements
     }
-    /// Is any platform in this policy the INSECURE emulated one?
+    /// Does any platform entry make admissions INSECURE?
     pub fn is_insecure(&self) -> bool {
-        self.platforms.iter().any(|p| p.insecure_emulated)
+        self.platforms.iter().any(|p| p.insecurity().is_some())
     }
 }

@@ -36,6 +36,8 @@ pub struct InsecureEmulatedPlatform {
     measured_path: PathBuf,
     personalization_value: [u8; 64],
     envelope: Envelope,
+    implementation_id: [u8; 32],
+    instance_id: Option<[u8; 33]>,
     /// HKDF pseudo-random key from the platform private key: the root of
     /// emulated sealing keys (anyone with the key file can derive them).
     sealing_root: ring::hkdf::Prk,
@@ -141,6 +143,8 @@ impl InsecureEmulatedPlatform {
             measured_path: exe,
             personalization_value: [0; 64],
             envelope: Envelope::Tag399,
+            implementation_id: INSECURE_EMULATED_IMPLEMENTATION_ID,
+            instance_id: None,
             sealing_root: ring::hkdf::Salt::new(
                 ring::hkdf::HKDF_SHA256,
                 super::sealing::EMULATED_SALT,
@@ -171,6 +175,24 @@ impl InsecureEmulatedPlatform {
     /// Produce tag-399 (RMM 1.0, default) or tag-907 tokens.
     pub fn with_envelope(mut self, envelope: Envelope) -> Self {
         self.envelope = envelope;
+        self
+    }
+
+    /// Write this implementation id (claim 2396) instead of the emulated
+    /// platform's own. This is what an attacker holding the key file can do;
+    /// tests use it to check that verifiers mark such tokens INSECURE from
+    /// the key that verified them, not from what the token says.
+    pub fn with_implementation_id(mut self, id: [u8; 32]) -> Self {
+        self.implementation_id = id;
+        self
+    }
+
+    /// Write this platform instance id (claim 256) instead of the default
+    /// `0x01 ‖ SHA-256(CPAK)`: tests emulate several phones with one key.
+    /// INSECURE: whoever holds the key file can claim any instance, so
+    /// per-instance limits bound nothing against them.
+    pub fn with_instance_id(mut self, id: [u8; 33]) -> Self {
+        self.instance_id = Some(id);
         self
     }
 
@@ -221,13 +243,16 @@ impl InsecureEmulatedPlatform {
             other: Vec::new(),
         };
         let cpak_hash = HashAlgorithm::Sha256.digest(self.public_key.point());
-        let mut instance_id = [0u8; 33];
-        instance_id[0] = 0x01;
-        instance_id[1..].copy_from_slice(&cpak_hash);
+        let instance_id = self.instance_id.unwrap_or_else(|| {
+            let mut id = [0u8; 33];
+            id[0] = 0x01;
+            id[1..].copy_from_slice(&cpak_hash);
+            id
+        });
         let platform = PlatformClaims {
             profile: platform_profile.to_string(),
             challenge: platform_challenge,
-            implementation_id: INSECURE_EMULATED_IMPLEMENTATION_ID,
+            implementation_id: self.implementation_id,
             instance_id,
             config: b"INSECURE-EMULATED".to_vec(),
             lifecycle: 0x3000,
