@@ -58,8 +58,10 @@ Options:
   --platform P         islet (/dev/rsi, default) or tsm (configfs-tsm)
   --rim HEX            trust this RIM for the device realm instead of trust on first use
                        (compute it with cca-realm-measurements or lkvm-rim-measurer, docs/fvp.md)
-  --sw-component HEX   trust this platform firmware measurement (repeat); without any,
-                       the CPAK entry is added with --skip-sw-components (printed)
+  --sw-component TYPE=HEX
+                       trust this firmware measurement for the component of that
+                       measurement type (repeat; each type is then required); without
+                       any, the CPAK entry is added with --skip-sw-components (printed)
   --bin-dir DIR        static aarch64 binaries (attest, device-agent, realm-runtime)
   --host-bin-dir DIR   host binaries (certifier-service, model-provider, attest)
   --host-tap-ip IP     PC-side tap address the realm reaches (default 192.168.10.1)
@@ -291,13 +293,22 @@ rm -rf "$work/svc" "$work/keys.json" "$work/kek.bin" "$work/host-emulated.key.pe
 mkdir -p "$shared/ccaml/blobs"
 "$host_bin_dir/attest" platform-key generate --out "$work/host-emulated.key.pem" --public-out "$work/host-emulated.pub.pem"
 "$host_bin_dir/certifier-service" init --dir "$work/svc" --insecure-emulated-platform "$work/host-emulated.pub.pem"
+# The FVP's CPAK (Islet HES) is derived from a published dummy GUK: anyone can
+# forge its tokens, so it is trusted only as INSECURE test material.
+echo "note: the FVP platform key is public test material; admissions through it are INSECURE"
 if [ "${#components[@]}" = 0 ]; then
     echo "note: no --sw-component given: the FVP platform is trusted without firmware reference values (--skip-sw-components)"
-    "$host_bin_dir/certifier-service" policy trust-platform --dir "$work/svc" --cpak "$cpak" --skip-sw-components
+    "$host_bin_dir/certifier-service" policy trust-platform --dir "$work/svc" --cpak "$cpak" \
+        --skip-sw-components --insecure-test-key
 else
-    "$host_bin_dir/certifier-service" policy trust-platform --dir "$work/svc" --cpak "$cpak"
+    "$host_bin_dir/certifier-service" policy trust-platform --dir "$work/svc" --cpak "$cpak" --insecure-test-key
     for c in "${components[@]}"; do
-        "$host_bin_dir/certifier-service" policy trust-component --dir "$work/svc" --measurement "$c"
+        case "$c" in
+            *=*) ;;
+            *) echo "error: --sw-component takes TYPE=HEX (e.g. BL2=ab12...), got '$c'" >&2; exit 2 ;;
+        esac
+        "$host_bin_dir/certifier-service" policy trust-component --dir "$work/svc" --cpak "$cpak" \
+            --type "${c%%=*}" --measurement "${c#*=}"
     done
 fi
 "$host_bin_dir/certifier-service" policy trust --dir "$work/svc" --role provider --binary "$host_bin_dir/model-provider"

@@ -330,6 +330,26 @@ impl Fixture {
         self.claims.push(c);
     }
 
+    /// A reference value for `slot` bound to this fixture's platform key.
+    fn component(&mut self, slot: &str, value: &[u8], required: bool) {
+        let fingerprint = attestation::certifier::policy::platform_fingerprint(&self.cpak).unwrap();
+        let mut d = format!(
+            "{};cpak={};type={slot}",
+            descriptor::CCA_PLATFORM_COMPONENT,
+            hex::encode(fingerprint)
+        );
+        if !required {
+            d.push_str(";optional");
+        }
+        self.add(
+            unary(
+                measurement_entity(value),
+                verb::IS_TRUSTED_PLATFORM_COMPONENT,
+            ),
+            &d,
+        );
+    }
+
     fn platform_entry(&mut self, flags: &str) {
         let cpak = key_entity(&self.cpak, "platformKey");
         self.add(unary(cpak, verb::IS_TRUSTED_FOR_ATTESTATION), flags);
@@ -423,21 +443,27 @@ fn decide_admits_the_trusted_role_and_explains_every_refusal() {
         &auth,
     );
     let r = f.decide(&e, &auth, &device);
-    assert!(
-        matches!(r, Err(Refusal::PlatformComponentNotTrusted { .. })),
-        "{r:?}"
+    assert_eq!(
+        r,
+        Err(Refusal::NoReferenceValues),
+        "no reference values: refused"
     );
     let parsed = attestation::cca::parse(&e.token).unwrap();
-    let component = parsed.platform().claims().sw_components[0]
-        .measurement_value
-        .clone();
+    let component = parsed.platform().claims().sw_components[0].clone();
+    // A reference value bound to no platform (older policies) grants nothing.
     f.add(
         unary(
-            measurement_entity(&component),
+            measurement_entity(&component.measurement_value),
             verb::IS_TRUSTED_PLATFORM_COMPONENT,
         ),
         descriptor::CCA_PLATFORM_COMPONENT,
     );
+    assert_eq!(
+        f.decide(&e, &auth, &device),
+        Err(Refusal::NoReferenceValues)
+    );
+    let slot = component.measurement_type.clone().unwrap();
+    f.component(&slot, &component.measurement_value, true);
     let admitted = f.decide(&e, &auth, &device).unwrap();
     assert_eq!(admitted.measurement, e.rim);
     assert!(admitted.is_insecure());
@@ -728,4 +754,88 @@ fn a_declared_test_key_marks_admissions_insecure() {
         .decide(&Evidence { rim, nonce, token }, &auth, &Role::runtime())
         .unwrap();
     assert_eq!(admitted.insecure, None);
+}
+
+// ------------------------------------ firmware appraisal per platform (17.9)
+
+/// Reference values belong to one platform key and one component type: a
+/// value trusted for another platform, or for another slot, does not admit;
+/// a required component missing from the token refuses.
+#[test]
+fn firmware_reference_values_are_per_platform_and_per_component() {
+    use descriptor::{CCA_PLATFORM, INSECURE_EMULATED};
+    let auth = fresh_key();
+    let device = Role::device();
+    let (mut f, e) = scenario(
+        Some(&flags(&[CCA_PLATFORM, INSECURE_EMULATED])),
+        "role:device",
+        &auth,
+    );
+    let parsed = attestation::cca::parse(&e.token).unwrap();
+    let c = parsed.platform().claims().sw_components[0].clone();
+    let slot = c.measurement_type.clone().unwrap();
+
+    // The right value bound to ANOTHER platform's key: refused.
+    let other = Fixture::new();
+    let other_fp = attestation::certifier::policy::platform_fingerprint(&other.cpak).unwrap();
+    f.add(
+        unary(
+            measurement_entity(&c.measurement_value),
+            verb::IS_TRUSTED_PLATFORM_COMPONENT,
+        ),
+        &format!(
+            "{};cpak={};type={slot}",
+            descriptor::CCA_PLATFORM_COMPONENT,
+            hex::encode(other_fp)
+        ),
+    );
+    assert_eq!(
+        f.decide(&e, &auth, &device),
+        Err(Refusal::NoReferenceValues)
+    );
+
+    // The right value for another SLOT of this platform: refused, naming the slot.
+    f.component("RMM", &c.measurement_value, false);
+    let r = f.decide(&e, &auth, &device);
+    assert!(
+        matches!(&r, Err(Refusal::PlatformComponentNotTrusted { kind, .. }) if kind == &slot),
+        "{r:?}"
+    );
+    assert_eq!(r.unwrap_err().code(), "platform-component-not-trusted");
+
+    // Bound to this platform and slot: admitted.
+    f.component(&slot, &c.measurement_value, true);
+    f.decide(&e, &auth, &device).unwrap();
+
+    // A required component the token lacks: refused.
+    f.component("BL2", &[9u8; 32], true);
+    let r = f.decide(&e, &auth, &device);
+    assert_eq!(
+        r,
+        Err(Refusal::PlatformComponentMissing { kind: "BL2".into() })
+    );
+    assert_eq!(r.unwrap_err().code(), "platform-component-missing");
+}
+
+/// A downgraded firmware (a measurement that is not the reference value for
+/// its slot) is refused even when the old value is trusted for another slot.
+#[test]
+fn a_component_value_from_another_slot_does_not_pass() {
+    use descriptor::{CCA_PLATFORM, INSECURE_EMULATED};
+    let auth = fresh_key();
+    let (mut f, e) = scenario(
+        Some(&flags(&[CCA_PLATFORM, INSECURE_EMULATED])),
+        "role:device",
+        &auth,
+    );
+    let parsed = attestation::cca::parse(&e.token).unwrap();
+    let c = parsed.platform().claims().sw_components[0].clone();
+    let slot = c.measurement_type.clone().unwrap();
+    f.component(&slot, &[1u8; 32], true);
+    f.component("OTHER", &c.measurement_value, false);
+    let r = f.decide(&e, &auth, &Role::device());
+    assert!(
+        matches!(&r, Err(Refusal::PlatformComponentNotTrusted { kind, value }) if kind == &slot && value == &hex::encode(&c.measurement_value)),
+        "{r:?}"
+    );
 }

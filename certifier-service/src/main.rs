@@ -172,14 +172,28 @@ enum PolicyCommand {
         #[arg(long)]
         insecure_test_key: bool,
     },
-    /// Add a platform firmware component reference value (hex measurement).
+    /// Add a firmware reference value for one platform's component.
+    ///
+    /// A token from that platform is then admitted only if every component it
+    /// reports matches a reference value for its type, and every required
+    /// type is present.
     TrustComponent {
         /// Service directory.
         #[arg(long)]
         dir: PathBuf,
+        /// The platform key (CPAK, PEM or JWK) whose firmware this is.
+        #[arg(long)]
+        cpak: PathBuf,
+        /// The component's measurement type as the token reports it (e.g.
+        /// `BL2`, `RMM`), or `#N` for the N-th component when it is untyped.
+        #[arg(long = "type")]
+        slot: String,
         /// Component measurement in hex.
         #[arg(long)]
         measurement: String,
+        /// A token may lack this component (default: it is required).
+        #[arg(long)]
+        optional: bool,
     },
     /// Print the policy as JSON.
     Show {
@@ -377,10 +391,22 @@ fn run(command: Command) -> Result<()> {
                 (None, false) => println!("platform key {} trusted", cpak.display()),
             }
         }
-        Command::Policy(PolicyCommand::TrustComponent { dir, measurement }) => {
+        Command::Policy(PolicyCommand::TrustComponent {
+            dir,
+            cpak,
+            slot,
+            measurement,
+            optional,
+        }) => {
             let m = hex_arg("measurement", &measurement)?;
-            ServiceDir::open(&dir)?.trust_component(&m, now)?;
-            println!("platform component {} trusted", hex::encode(&m));
+            let key = platform_public_key(&cpak)?;
+            ServiceDir::open(&dir)?.trust_component(&key, &slot, &m, optional, now)?;
+            println!(
+                "platform component {slot} = {} trusted for {} ({})",
+                hex::encode(&m),
+                cpak.display(),
+                if optional { "optional" } else { "required" }
+            );
         }
         Command::Policy(PolicyCommand::Show { dir }) => {
             let policy = ServiceDir::open(&dir)?.policy(now)?;
@@ -433,9 +459,16 @@ fn policy_json(p: &attestation::certifier::policy::Policy) -> serde_json::Value 
             "cpak": key_hex(&t.cpak),
             "insecure-emulated": t.insecure_emulated,
             "insecure": t.insecurity().map(|i| i.tag()),
+            "fingerprint": attestation::certifier::policy::platform_fingerprint(&t.cpak).map(hex::encode),
             "sw-components": if t.skip_sw_components { "not appraised" } else { "must match reference values" },
         })).collect::<Vec<_>>(),
-        "platform-components": p.platform_components().iter().map(hex::encode).collect::<Vec<_>>(),
+        "platform-components": p.platform_components().iter().map(|c| serde_json::json!({
+            "platform": hex::encode(c.platform),
+            "type": c.slot,
+            "measurement": hex::encode(&c.measurement),
+            "required": c.required,
+        })).collect::<Vec<_>>(),
+        "ignored-platform-components": p.unbound_components().iter().map(hex::encode).collect::<Vec<_>>(),
         "measurements": p.measurements().iter().map(|m| serde_json::json!({
             "measurement": hex::encode(&m.measurement),
             "role": m.role.as_str(),

@@ -21,7 +21,7 @@ use attestation::certifier::admission::policy_certificate;
 use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
 use attestation::certifier::keys::{PublicKey, SigningKey};
-use attestation::certifier::policy::{Policy, Role, descriptor};
+use attestation::certifier::policy::{Policy, Role, descriptor, platform_fingerprint};
 use attestation::certifier::proto::{SignedClaimSequence, decode_bounded};
 use prost::Message;
 
@@ -334,14 +334,40 @@ impl ServiceDir {
         Ok(known)
     }
 
-    /// Add a firmware component reference value.
-    pub fn trust_component(&self, measurement: &[u8], now: i64) -> Result<()> {
+    /// Add a firmware reference value for the component in `slot` (its
+    /// measurement type, or `#N`) on the platform with key `cpak`; a token
+    /// from that platform must carry the slot unless `optional`.
+    pub fn trust_component(
+        &self,
+        cpak: &PublicKey,
+        slot: &str,
+        measurement: &[u8],
+        optional: bool,
+        now: i64,
+    ) -> Result<()> {
+        let fingerprint = platform_fingerprint(cpak)
+            .context("the platform key must be an EC P-256 or P-384 key")?;
+        // The descriptor is split on ';' and flags on '=': keep the slot plain.
+        if slot.is_empty() || slot.len() > 64 || slot.contains([';', '\n', '\r']) {
+            bail!("--type must be 1-64 characters without ';' or line breaks");
+        }
+        let mut d = format!(
+            "{};{}{};{}{slot}",
+            descriptor::CCA_PLATFORM_COMPONENT,
+            descriptor::CPAK_PREFIX,
+            hex::encode(fingerprint),
+            descriptor::TYPE_PREFIX,
+        );
+        if optional {
+            d.push(';');
+            d.push_str(descriptor::OPTIONAL);
+        }
         self.add_statement(
             unary(
                 measurement_entity(measurement),
                 verb::IS_TRUSTED_PLATFORM_COMPONENT,
             ),
-            descriptor::CCA_PLATFORM_COMPONENT,
+            &d,
             now,
         )
     }

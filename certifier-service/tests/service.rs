@@ -235,6 +235,78 @@ fn the_public_test_cpak_is_refused_unless_marked_and_then_admits_insecure() {
     );
 }
 
+/// Issue 17 item 9, through the CLI and the wire: reference values are bound
+/// to one platform key and one component type; a required type the token
+/// lacks is refused (`platform-component-missing`) and the service keeps
+/// serving.
+#[test]
+fn firmware_reference_values_bind_to_a_platform_and_a_component_type() {
+    let w = World::new("components");
+    // A "real" platform: a fresh key (not the emulated entry's).
+    let (pem, public) = generate_platform_key_pem(Curve::P384).unwrap();
+    let key_path = w.dir.path().join("platform2.key.pem");
+    std::fs::write(&key_path, pem).unwrap();
+    let cpak = w.dir.path().join("platform2.pub.pem");
+    std::fs::write(&cpak, public.to_pem()).unwrap();
+    let cpak = cpak.to_str().unwrap();
+    ok(cli(&[
+        "policy",
+        "trust-platform",
+        "--dir",
+        &w.svc,
+        "--cpak",
+        cpak,
+    ]));
+    let bin = w.binary("realm-runtime", "runtime v1");
+    assert!(w.trust("runtime", &bin).status.success());
+    let party = InsecureEmulatedPlatform::from_key_file(&key_path)
+        .unwrap()
+        .measuring(Path::new(&bin))
+        .unwrap()
+        .with_implementation_id(TFA_SAMPLE_IMPLEMENTATION_ID);
+    let token = attestation::cca::parse(
+        &party
+            .attestation_token(&attestation::cca::Challenge([0; 64]))
+            .unwrap(),
+    )
+    .unwrap();
+    let c = token.platform().claims().sw_components[0].clone();
+    let (slot, value) = (
+        c.measurement_type.unwrap(),
+        hex::encode(&c.measurement_value),
+    );
+    let (_server, addr) = start(&w.svc, &[]);
+    let admit = || rt().block_on(client(&addr).admit(&party, &auth_key(), &Role::runtime()));
+    // No reference values for this platform yet.
+    assert_eq!(refused_code(admit()).0, "no-reference-values");
+    let trust_component = |ty: &str, m: &str| {
+        ok(cli(&[
+            "policy",
+            "trust-component",
+            "--dir",
+            &w.svc,
+            "--cpak",
+            cpak,
+            "--type",
+            ty,
+            "--measurement",
+            m,
+        ]))
+    };
+    trust_component(&slot, &value);
+    admit().unwrap();
+    // A second required component the token does not carry.
+    trust_component("BL2", &"ab".repeat(32));
+    let (code, reason) = refused_code(admit());
+    assert_eq!(code, "platform-component-missing", "{reason}");
+    assert!(reason.contains("BL2"), "{reason}");
+    let show = ok(cli(&["policy", "show", "--dir", &w.svc]));
+    let policy: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(policy["platform-components"].as_array().unwrap().len(), 2);
+    assert_eq!(policy["platform-components"][1]["type"], "BL2");
+    assert_eq!(policy["platform-components"][1]["required"], true);
+}
+
 #[test]
 fn parties_are_admitted_only_for_their_roles_and_rebuilds_need_new_trust() {
     let w = World::new("roles");

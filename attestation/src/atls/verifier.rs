@@ -51,7 +51,9 @@ pub enum PeerError {
     Revoked(String),
     /// The evidence behind the certificate came from the INSECURE emulated
     /// platform and this side does not accept that.
-    #[error("peer was admitted on INSECURE emulated evidence, which this side does not accept")]
+    #[error(
+        "peer was admitted on INSECURE evidence (the emulated platform or public test material), which this side does not accept"
+    )]
     InsecurePlatform,
 }
 

@@ -9,8 +9,9 @@
 //!    `insecure-emulated`; the admission is INSECURE when that entry is
 //!    (emulated, or public test material) or when the token carries public
 //!    test material, whatever the token says about itself;
-//! 3. firmware components match reference values, unless the platform entry
-//!    explicitly skips them;
+//! 3. firmware components match the reference values bound to that platform
+//!    entry's key, slot by slot, and every required slot is present, unless
+//!    the platform entry explicitly skips them;
 //! 4. the RIM is not revoked;
 //! 5. the RIM (with the personalization value, where the policy pins one)
 //!    is trusted for the requested role;
@@ -22,7 +23,9 @@ use thiserror::Error;
 use super::clause::{key_entity, measurement_entity, says, simple, unary, verb};
 use super::insecure::Insecurity;
 use super::keys::PublicKey;
-use super::policy::{Policy, Role, TrustedMeasurement, TrustedPlatform};
+use super::policy::{
+    ComponentReference, Policy, Role, TrustedMeasurement, TrustedPlatform, platform_fingerprint,
+};
 use super::proof::{ProofError, ProofStep, verify_proof};
 use crate::cca::{
     self, Challenge, Curve, PlatformKey, VerifiedCcaToken, VerifyError, VerifyOptions,
@@ -76,6 +79,19 @@ pub enum Refusal {
         /// Its measurement, hex.
         value: String,
     },
+    /// A component the policy requires for this platform is absent.
+    #[error(
+        "the platform token lacks firmware component {kind}, which the policy requires for this platform"
+    )]
+    PlatformComponentMissing {
+        /// Component type (or `#N` slot).
+        kind: String,
+    },
+    /// The platform entry appraises firmware but has no reference values.
+    #[error(
+        "the policy has no firmware reference values for this platform key: add them with `policy trust-component --cpak ... --type ... --measurement ...`, or trust the platform with --skip-sw-components"
+    )]
+    NoReferenceValues,
     /// The auth key is not an EC key we can bind.
     #[error("the auth key must be an EC P-256 or P-384 key")]
     BadAuthKey,
@@ -118,6 +134,8 @@ impl Refusal {
             Refusal::UntrustedPlatform => "untrusted-platform",
             Refusal::EmulatedPlatformNotMarked => "emulated-platform-not-marked",
             Refusal::PlatformComponentNotTrusted { .. } => "platform-component-not-trusted",
+            Refusal::PlatformComponentMissing { .. } => "platform-component-missing",
+            Refusal::NoReferenceValues => "no-reference-values",
             Refusal::BadAuthKey => "bad-auth-key",
             Refusal::Revoked { .. } => "measurement-revoked",
             Refusal::NotTrusted { .. } => "measurement-not-trusted",
@@ -191,19 +209,9 @@ pub fn decide(
         .insecurity()
         .or_else(|| token.test_material().map(Insecurity::TestMaterial));
 
-    // 3. Firmware reference values.
+    // 3. Firmware reference values, this platform's own, slot by slot.
     if !platform.skip_sw_components {
-        for c in &token.platform().sw_components {
-            if !policy.platform_components().contains(&c.measurement_value) {
-                return Err(Refusal::PlatformComponentNotTrusted {
-                    kind: c
-                        .measurement_type
-                        .clone()
-                        .unwrap_or_else(|| "(untyped)".into()),
-                    value: hex::encode(&c.measurement_value),
-                });
-            }
-        }
+        appraise_components(policy, platform, &token)?;
     }
 
     // 4 and 5. Revocation, then the role.
@@ -254,6 +262,57 @@ pub fn decide(
         platform_instance: token.platform().instance_id,
         insecure,
     })
+}
+
+/// Every component the token reports must match a reference value bound to
+/// this platform entry's key for its slot (its measurement type, or `#N`),
+/// and every required slot must be present. An entry with no reference
+/// values at all refuses (an empty "all of" admits nothing).
+fn appraise_components(
+    policy: &Policy,
+    platform: &TrustedPlatform,
+    token: &VerifiedCcaToken,
+) -> Result<(), Refusal> {
+    let refs = platform_fingerprint(&platform.cpak)
+        .map(|f| policy.components_of(&f))
+        .unwrap_or_default();
+    if refs.is_empty() {
+        return Err(Refusal::NoReferenceValues);
+    }
+    let components = &token.platform().sw_components;
+    // A component's slot is its measurement type; an untyped one is `#N`,
+    // its position. A reference value names one slot or the other.
+    let slot_of = |i: usize, c: &crate::cca::SwComponent| {
+        c.measurement_type
+            .clone()
+            .unwrap_or_else(|| format!("#{i}"))
+    };
+    let fits =
+        |r: &ComponentReference, i: usize, slot: &str| r.slot == slot || r.slot == format!("#{i}");
+    for (i, c) in components.iter().enumerate() {
+        let slot = slot_of(i, c);
+        let trusted = refs
+            .iter()
+            .any(|r| fits(r, i, &slot) && r.measurement == c.measurement_value);
+        if !trusted {
+            return Err(Refusal::PlatformComponentNotTrusted {
+                kind: slot,
+                value: hex::encode(&c.measurement_value),
+            });
+        }
+    }
+    for r in refs.iter().filter(|r| r.required) {
+        let present = components
+            .iter()
+            .enumerate()
+            .any(|(i, c)| fits(r, i, &slot_of(i, c)));
+        if !present {
+            return Err(Refusal::PlatformComponentMissing {
+                kind: r.slot.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn prove_authentication(

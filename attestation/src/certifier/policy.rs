@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `Measurement[m] is-trusted` | `role:<name>` (+ `;rpv=<hex>`) | RIM m is admitted, only for that role (extension: roles), and only with that personalization value when one is given |
 //! | `Key[cpak] is-trusted-for-attestation` | `cca-platform` (+ `;insecure-emulated`, `;insecure-test-key`, `;sw-components=any`) | this CCA platform key may vouch for realms; the flags mark it INSECURE (emulated, or public test material) |
-//! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component` | firmware reference value (extension) |
+//! | `Measurement[c] is-trusted-platform-component` | `cca-platform-component;cpak=<hex>;type=<name or #slot>` (+ `;optional`) | firmware reference value for the component of that type on the platform whose CPAK SPKI has SHA-256 `<hex>` (extension); required unless `optional`. Without `cpak=`/`type=` (older policies) it is loaded but grants nothing |
 //! | `Measurement[m] is-revoked` | `revoked:<reason>` | never admit m again (extension) |
 //! | `Measurement[m] is-trusted` | empty (as the framework writes it) | a Certifier Framework app with measurement m is admitted (no role) |
 //! | `Key[k] is-trusted-for-attestation` | empty, or `vse-platform` (+ `;no-freshness`) | the framework's simulated-enclave platform key k may endorse attestation keys; `no-freshness` allows its nonce-less (replayable) evidence |
@@ -89,6 +89,14 @@ pub mod descriptor {
     pub const SW_COMPONENTS_ANY: &str = "sw-components=any";
     /// On "C is-trusted-platform-component".
     pub const CCA_PLATFORM_COMPONENT: &str = "cca-platform-component";
+    /// Flag `cpak=<hex>`: SHA-256 of the DER SPKI of the platform key the
+    /// reference value belongs to.
+    pub const CPAK_PREFIX: &str = "cpak=";
+    /// Flag `type=<name>` (the component's measurement type) or `type=#N`
+    /// (its position, for untyped components).
+    pub const TYPE_PREFIX: &str = "type=";
+    /// Flag: a token may lack this component.
+    pub const OPTIONAL: &str = "optional";
     /// `revoked:<reason>` on "M is-revoked".
     pub const REVOKED_PREFIX: &str = "revoked:";
     /// On "K is-trusted-for-attestation" for a framework simulated-enclave
@@ -199,6 +207,29 @@ pub struct FrameworkMeasurement {
     pub statement: VseClause,
 }
 
+/// A firmware reference value, bound to one platform key and one component
+/// slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentReference {
+    /// SHA-256 of the DER SubjectPublicKeyInfo of the platform key.
+    pub platform: [u8; 32],
+    /// The component's measurement type, or `#N` for the N-th component.
+    pub slot: String,
+    /// The trusted measurement value.
+    pub measurement: Vec<u8>,
+    /// A token from this platform must carry a component in this slot.
+    pub required: bool,
+}
+
+/// The fingerprint reference values are bound to: SHA-256 of the key's DER
+/// SubjectPublicKeyInfo (`None` for keys that are not EC).
+pub fn platform_fingerprint(cpak: &PublicKey) -> Option<[u8; 32]> {
+    let der = cpak.ec_spki_der()?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
+    Some(out)
+}
+
 /// A revoked measurement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -214,7 +245,8 @@ pub struct Policy {
     policy_key: PublicKey,
     platforms: Vec<TrustedPlatform>,
     measurements: Vec<TrustedMeasurement>,
-    platform_components: Vec<Vec<u8>>,
+    platform_components: Vec<ComponentReference>,
+    unbound_components: Vec<Vec<u8>>,
     revoked: Vec<Revocation>,
     vse_platforms: Vec<VsePlatform>,
     framework_measurements: Vec<FrameworkMeasurement>,
@@ -232,6 +264,7 @@ impl Policy {
             platforms: Vec::new(),
             measurements: Vec::new(),
             platform_components: Vec::new(),
+            unbound_components: Vec::new(),
             revoked: Vec::new(),
             vse_platforms: Vec::new(),
             framework_measurements: Vec::new(),
@@ -336,7 +369,27 @@ impl Policy {
             (verb::IS_TRUSTED_PLATFORM_COMPONENT, true) => {
                 let m = entity_measurement(subject)
                     .ok_or_else(|| unrecognised("component is not a measurement"))?;
-                self.platform_components.push(m.to_vec());
+                let flag = |prefix: &str| flags.iter().find_map(|f| f.strip_prefix(prefix));
+                match (flag(descriptor::CPAK_PREFIX), flag(descriptor::TYPE_PREFIX)) {
+                    (Some(cpak), Some(slot)) if !slot.is_empty() => {
+                        let platform = hex::decode(cpak)
+                            .ok()
+                            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                            .ok_or_else(|| unrecognised("cpak= is not a 32-byte hex digest"))?;
+                        self.platform_components.push(ComponentReference {
+                            platform,
+                            slot: slot.to_string(),
+                            measurement: m.to_vec(),
+                            required: !flags.contains(&descriptor::OPTIONAL),
+                        });
+                    }
+                    // Written before reference values were bound to a
+                    // platform and a slot: kept for `policy show`, never
+                    // matched (a value that fits any slot on any platform
+                    // lets one platform's firmware pass for another's).
+                    (None, None) => self.unbound_components.push(m.to_vec()),
+                    _ => return Err(unrecognised("a component needs both cpak= and type=")),
+                }
             }
             (verb::IS_REVOKED, true) => {
                 let m = entity_measurement(subject)
@@ -366,9 +419,21 @@ impl Policy {
     pub fn measurements(&self) -> &[TrustedMeasurement] {
         &self.measurements
     }
-    /// Firmware reference values.
-    pub fn platform_components(&self) -> &[Vec<u8>] {
+    /// Firmware reference values, each bound to a platform and a slot.
+    pub fn platform_components(&self) -> &[ComponentReference] {
         &self.platform_components
+    }
+    /// The reference values of the platform with this fingerprint.
+    pub fn components_of(&self, platform: &[u8; 32]) -> Vec<&ComponentReference> {
+        self.platform_components
+            .iter()
+            .filter(|c| &c.platform == platform)
+            .collect()
+    }
+    /// Reference values from older policies, bound to no platform; they
+    /// grant nothing.
+    pub fn unbound_components(&self) -> &[Vec<u8>] {
+        &self.unbound_components
     }
     /// Revoked measurements.
     pub fn revocations(&self) -> &[Revocation] {
