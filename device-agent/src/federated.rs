@@ -2,8 +2,13 @@
 //! global model, train on this device's sealed records inside the realm, and
 //! send back only the parameter delta. The records never leave.
 //!
-//! Must never: send anything but the delta and the sample count, or train
-//! on a model whose bytes do not match the hash the runtime announced.
+//! After each accepted update the device asks how the round ended
+//! (`RoundOutcomeQuery`): a round that closes with too few updates is
+//! discarded by the runtime, and the device must not report it as done.
+//!
+//! Must never: send anything but the delta and the sample count, train
+//! on a model whose bytes do not match the hash the runtime announced, or
+//! report a round as aggregated without the runtime's `RoundOutcome`.
 
 use anyhow::{Context, Result, anyhow, bail};
 use fl::onnx_model::{arch_of, read_params};
@@ -24,6 +29,67 @@ pub struct RoundLog {
     pub accepted: Option<bool>,
     /// The runtime's reason for refusing, if it did.
     pub reason: Option<String>,
+    /// For an accepted update: whether the round was aggregated into a new
+    /// global model (`false`: discarded, too few updates by the deadline).
+    pub aggregated: Option<bool>,
+    /// For an accepted update: updates the round accepted in all.
+    pub updates: Option<u32>,
+    /// For an accepted update: updates the round needed.
+    pub min_clients: Option<u32>,
+}
+
+/// The rounds this device trained for and how they ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Rounds this device sent an update to.
+    pub took_part: usize,
+    /// Of those, rounds aggregated with this device's update.
+    pub aggregated: usize,
+    /// Rounds whose update was accepted but which were discarded.
+    pub discarded: Vec<u64>,
+    /// Rounds whose update the runtime refused.
+    pub refused: Vec<u64>,
+}
+
+impl Summary {
+    /// Tally `logs` (the final-model entry does not count).
+    pub fn of(logs: &[RoundLog]) -> Self {
+        let mut s = Self::default();
+        for l in logs {
+            match (l.accepted, l.aggregated) {
+                (None, _) => continue,
+                (Some(true), Some(true)) => s.aggregated += 1,
+                (Some(true), _) => s.discarded.push(l.round),
+                (Some(false), _) => s.refused.push(l.round),
+            }
+            s.took_part += 1;
+        }
+        s
+    }
+
+    /// Every round this device trained for was aggregated with its update.
+    pub fn all_aggregated(&self) -> bool {
+        self.discarded.is_empty() && self.refused.is_empty()
+    }
+
+    /// One line for people, e.g. "aggregated 2 of 5 rounds ...".
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "aggregated {} of {} rounds this device took part in",
+            self.aggregated, self.took_part
+        );
+        let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        if !self.discarded.is_empty() {
+            line += &format!(
+                "; discarded for too few updates: round {}",
+                list(&self.discarded)
+            );
+        }
+        if !self.refused.is_empty() {
+            line += &format!("; update refused: round {}", list(&self.refused));
+        }
+        line
+    }
 }
 
 /// Features and labels of a labelled dataset of 64-feature f32 samples.
@@ -96,6 +162,9 @@ pub async fn participate(
                 global_accuracy,
                 accepted: None,
                 reason: None,
+                aggregated: None,
+                updates: None,
+                min_clients: None,
             };
             log(&entry);
             logs.push(entry);
@@ -122,11 +191,20 @@ pub async fn participate(
             Message::Error { message, .. } => (false, Some(message)),
             other => bail!("the runtime answered ModelUpdate with {}", other.kind()),
         };
+        let (aggregated, updates, min_clients) = if accepted {
+            let (a, u, m) = outcome(conn, task, round).await?;
+            (Some(a), Some(u), Some(m))
+        } else {
+            (None, None, None)
+        };
         let entry = RoundLog {
             round,
             global_accuracy,
             accepted: Some(accepted),
             reason,
+            aggregated,
+            updates,
+            min_clients,
         };
         log(&entry);
         logs.push(entry);
@@ -134,4 +212,79 @@ pub async fn participate(
     }
     let _ = conn.shutdown().await;
     Ok((logs, last))
+}
+
+/// Ask how `round` ended (the runtime answers once it has closed): whether
+/// it was aggregated, its update count and the count it needed.
+async fn outcome(conn: &mut Conn, task: &str, round: u64) -> Result<(bool, u32, u32)> {
+    conn.send(&Message::RoundOutcomeQuery {
+        task: task.to_string(),
+        round,
+    })
+    .await?;
+    match conn.recv().await? {
+        Message::RoundOutcome {
+            round: r,
+            aggregated,
+            updates,
+            min_clients,
+        } if r == round => Ok((aggregated, updates, min_clients)),
+        Message::RoundOutcome { round: r, .. } => {
+            bail!("asked how round {round} ended, the runtime answered for round {r}")
+        }
+        Message::Error { message, .. } => {
+            bail!("the runtime did not say how round {round} ended: {message}")
+        }
+        other => bail!(
+            "the runtime answered RoundOutcomeQuery with {}",
+            other.kind()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(round: u64, accepted: Option<bool>, aggregated: Option<bool>) -> RoundLog {
+        RoundLog {
+            round,
+            global_accuracy: 0.5,
+            accepted,
+            reason: None,
+            aggregated,
+            updates: None,
+            min_clients: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_only_rounds_aggregated_with_this_update() {
+        let logs = [
+            log(1, Some(true), Some(true)),
+            log(2, Some(true), Some(false)),
+            log(3, Some(false), None),
+            log(4, Some(true), Some(true)),
+            log(5, Some(true), Some(false)),
+            log(6, None, None),
+        ];
+        let s = Summary::of(&logs);
+        assert_eq!(
+            s,
+            Summary {
+                took_part: 5,
+                aggregated: 2,
+                discarded: vec![2, 5],
+                refused: vec![3],
+            }
+        );
+        assert!(!s.all_aggregated());
+        assert_eq!(
+            s.line(),
+            "aggregated 2 of 5 rounds this device took part in; discarded for too few updates: round 2, 5; update refused: round 3"
+        );
+        let ok = Summary::of(&logs[..1]);
+        assert!(ok.all_aggregated());
+        assert!(Summary::of(&[]).all_aggregated());
+    }
 }

@@ -76,8 +76,16 @@ pub async fn device_identity(
         .context("admission as device was refused")?;
     info!("admitted as device");
     if let Some(store) = store {
-        store.put_secret(KEY, &pkcs8)?;
-        store.put_secret(CERT, &cert)?;
+        // Keeping it saves the next run an admission; failing to (a
+        // read-only store) costs only that, so it does not fail this run.
+        let kept = store
+            .put_secret(KEY, &pkcs8)
+            .and_then(|()| store.put_secret(CERT, &cert));
+        if let Err(e) = kept {
+            eprintln!(
+                "note: the admission certificate is not kept, the next run is admitted afresh ({e})"
+            );
+        }
     }
     Ok(Identity::new(cert, pkcs8))
 }

@@ -34,7 +34,18 @@ Examples (INSECURE emulated platform on a laptop; in a realm use --platform isle
       --allow-insecure-peers --runtime 127.0.0.1:8300 --model digits --handle <HANDLE>
   device-agent fetch-model $P --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
       --allow-insecure-peers --provider 127.0.0.1:8200 --store file:///var/lib/cca-ml/blobs --model cnn
-  device-agent infer $P --local --model cnn --handle <HANDLE> --json";
+  device-agent infer $P --local --model cnn --handle <HANDLE> --json
+
+Exit status:
+  0  done
+  1  the command failed (the reason is on stderr)
+  2  the agent could not start
+  3  train: a round this device trained for was not aggregated with its update
+     (discarded for too few updates by the deadline, or the update refused);
+     the output names each such round";
+
+/// `train`'s exit status when a round it took part in was not aggregated.
+const EXIT_NOT_AGGREGATED: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(name = "device-agent", version, about = "Keep user data sealed in the realm; infer remotely at an attested runtime or on-device", after_help = EXAMPLES)]
@@ -62,11 +73,21 @@ impl Realm {
         Ok(self.platform.open(self.platform_key.as_deref())?)
     }
 
+    /// The store; it writes only when a command stores something.
     fn store(&self, platform: &dyn EvidenceSource) -> Result<LocalStore> {
         let key = platform
             .sealing_key()
             .context("the local store needs this realm's sealing key")?;
         Ok(LocalStore::open(&self.state, &key)?)
+    }
+
+    /// The store for a command that only reads: every write is refused, so
+    /// it works on a store this process may not write.
+    fn store_read_only(&self, platform: &dyn EvidenceSource) -> Result<LocalStore> {
+        let key = platform
+            .sealing_key()
+            .context("the local store needs this realm's sealing key")?;
+        Ok(LocalStore::open_read_only(&self.state, &key)?)
     }
 }
 
@@ -203,6 +224,10 @@ enum Command {
         json: bool,
     },
     /// Take part in a runtime's federated-learning task with a labelled handle.
+    ///
+    /// Says for each round whether it was aggregated or discarded, and exits
+    /// with status 3 if any round this device trained for was not aggregated
+    /// with its update.
     Train {
         #[command(flatten)]
         realm: Realm,
@@ -320,7 +345,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -328,7 +353,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<()> {
+async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Import {
             realm,
@@ -358,7 +383,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::List { realm } => {
             let platform = realm.platform()?;
-            let store = realm.store(platform.as_ref())?;
+            let store = realm.store_read_only(platform.as_ref())?;
             for (handle, size) in store.list()? {
                 println!("{handle} {size:>10}");
             }
@@ -383,8 +408,15 @@ async fn run(command: Command) -> Result<()> {
             json,
         } => {
             let platform = realm.platform()?;
-            // The store is needed for handles, local models and identity reuse.
-            let store = match realm.store(platform.as_ref()) {
+            // The store is needed for handles, local models and identity
+            // reuse. On-device inference only reads it; remote inference
+            // may keep a renewed admission certificate in it.
+            let opened = if local {
+                realm.store_read_only(platform.as_ref())
+            } else {
+                realm.store(platform.as_ref())
+            };
+            let store = match opened {
                 Ok(s) => Some(s),
                 Err(e) if local || input.handle.is_some() => return Err(e),
                 Err(e) => {
@@ -482,9 +514,18 @@ async fn run(command: Command) -> Result<()> {
                             l.round.saturating_sub(1),
                             l.global_accuracy
                         ),
+                        (Some(true), _) if l.aggregated == Some(true) => println!(
+                            "round {}: global model accuracy on this device's data {:.4}; update accepted, round aggregated ({} updates)",
+                            l.round,
+                            l.global_accuracy,
+                            l.updates.unwrap_or_default()
+                        ),
                         (Some(true), _) => println!(
-                            "round {}: global model accuracy on this device's data {:.4}; update accepted",
-                            l.round, l.global_accuracy
+                            "round {}: global model accuracy on this device's data {:.4}; update accepted, round DISCARDED (not enough updates: {} of {} by the deadline)",
+                            l.round,
+                            l.global_accuracy,
+                            l.updates.unwrap_or_default(),
+                            l.min_clients.unwrap_or_default()
                         ),
                         (Some(false), r) => println!(
                             "round {}: global model accuracy {:.4}; update REFUSED: {}",
@@ -503,13 +544,29 @@ async fn run(command: Command) -> Result<()> {
                 }
                 _ => None,
             };
+            let summary = federated::Summary::of(&logs);
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "task": task, "rounds": logs, "eval_accuracy": eval_accuracy })
+                    serde_json::json!({
+                        "task": task,
+                        "rounds": logs,
+                        "eval_accuracy": eval_accuracy,
+                        "summary": summary,
+                    })
                 );
-            } else if let Some(a) = eval_accuracy {
-                println!("last global model: accuracy {a:.4} on the evaluation handle");
+            } else {
+                if let Some(a) = eval_accuracy {
+                    println!("last global model: accuracy {a:.4} on the evaluation handle");
+                }
+                println!("{}", summary.line());
+            }
+            if !summary.all_aggregated() {
+                eprintln!(
+                    "not every round this device trained for was aggregated: {}",
+                    summary.line()
+                );
+                return Ok(ExitCode::from(EXIT_NOT_AGGREGATED));
             }
         }
         Command::FetchModel {
@@ -539,5 +596,5 @@ async fn run(command: Command) -> Result<()> {
             eprintln!("model {model} version {version} ({size} bytes) is sealed to this realm");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

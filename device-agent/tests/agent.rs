@@ -289,6 +289,29 @@ fn remote_and_on_device_inference_give_the_expected_accuracy() {
     ])));
     assert_eq!(r["correct"].as_u64(), Some(340));
 
+    // A read-only store (files 0444, directories 0555) is listed and read.
+    // Root ignores permission bits, so the test also proves the read paths
+    // never write: every entry's mode, size, mtime and content (and so
+    // every directory's file list) is the same afterwards.
+    let state = w.dir.path().join("agent");
+    set_tree_mode(&state, 0o444, 0o555);
+    let before = tree(&state);
+    let listing = ok(w.agent(&["list"]));
+    assert!(
+        listing.contains(image) && listing.contains(flat),
+        "{listing}"
+    );
+    let r = json(&ok(w.agent(&[
+        "infer", "--local", "--model", "cnn", "--handle", image, "--json",
+    ])));
+    assert_eq!(r["correct"].as_u64(), Some(340));
+    let r = json(&ok(
+        w.remote(&["--model", "digits", "--handle", flat, "--json"])
+    ));
+    assert_eq!(r["correct"].as_u64(), Some(324));
+    assert_eq!(tree(&state), before, "reading changed the store");
+    set_tree_mode(&state, 0o600, 0o700);
+
     // Deleting a handle erases it.
     ok(w.agent(&["delete", "--handle", flat]));
     assert!(!ok(w.agent(&["list"])).contains(flat));
@@ -310,6 +333,55 @@ fn remote_and_on_device_inference_give_the_expected_accuracy() {
         ]),
         "handle",
     );
+}
+
+/// Every entry under `dir`: path, mode, size, mtime, and a file's bytes.
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, u32, u64, std::time::SystemTime, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::metadata(&d).unwrap();
+        out.push((
+            d.clone(),
+            meta.permissions().mode(),
+            0,
+            meta.modified().unwrap(),
+            Vec::new(),
+        ));
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                out.push((
+                    p,
+                    meta.permissions().mode(),
+                    meta.len(),
+                    meta.modified().unwrap(),
+                    bytes,
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// chmod every file under `dir` to `file` and every directory to `dir_mode`.
+fn set_tree_mode(dir: &Path, file: u32, dir_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            set_tree_mode(&p, file, dir_mode);
+        } else {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(file)).unwrap();
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
 }
 
 /// A fake runtime admitted as `runtime` with another trusted build.

@@ -267,6 +267,31 @@ pub enum Message {
         /// The data-encryption key (redacted in `Debug`, wiped on drop).
         key: SecretBytes,
     },
+    /// A device asks how a round of `task` ended (normally one it sent an
+    /// update to: [`Message::RoundResult`] says only whether the *update*
+    /// was accepted). The aggregator answers with a
+    /// [`Message::RoundOutcome`] once the round has closed, waiting for
+    /// its deadline if it is still open; a round that has not started is
+    /// a `BadRequest`.
+    RoundOutcomeQuery {
+        /// The federated task.
+        task: String,
+        /// The round.
+        round: u64,
+    },
+    /// How a closed round ended.
+    RoundOutcome {
+        /// The round.
+        round: u64,
+        /// `true`: the round's updates were aggregated into a new global
+        /// model. `false`: the round closed with fewer than `min_clients`
+        /// updates; they were discarded and the round was run again.
+        aggregated: bool,
+        /// Updates the round accepted.
+        updates: u32,
+        /// Updates it needed to be aggregated.
+        min_clients: u32,
+    },
 }
 
 impl Message {
@@ -312,6 +337,8 @@ impl Message {
             Self::BundleQuery { .. } => "BundleQuery",
             Self::JoinRound { .. } => "JoinRound",
             Self::ModelKeyDeposit { .. } => "ModelKeyDeposit",
+            Self::RoundOutcomeQuery { .. } => "RoundOutcomeQuery",
+            Self::RoundOutcome { .. } => "RoundOutcome",
         }
     }
 

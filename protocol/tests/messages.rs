@@ -136,6 +136,16 @@ fn samples() -> Vec<Message> {
         Message::error(ErrorCode::BadRequest, "expected Hello"),
         Message::error(ErrorCode::BudgetExceeded, "query budget"),
         Message::error(ErrorCode::Internal, "oops"),
+        Message::RoundOutcomeQuery {
+            task: "digits".into(),
+            round: 3,
+        },
+        Message::RoundOutcome {
+            round: 3,
+            aggregated: false,
+            updates: 1,
+            min_clients: 2,
+        },
     ]
 }
 
@@ -143,7 +153,7 @@ fn samples() -> Vec<Message> {
 fn every_variant_round_trips() {
     let samples = samples();
     let kinds: std::collections::BTreeSet<_> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 14, "a sample of every variant: {kinds:?}");
+    assert_eq!(kinds.len(), 16, "a sample of every variant: {kinds:?}");
     for msg in samples {
         let bytes = msg.encode().unwrap();
         let back = Message::decode(&bytes).unwrap();
@@ -218,6 +228,19 @@ fn stable_variant_indices() {
             .unwrap(),
         [13, 0, 1, b'x']
     );
+    // Appended after ModelKeyDeposit (16): older peers' encodings unchanged.
+    let query = Message::RoundOutcomeQuery {
+        task: "t".into(),
+        round: 1,
+    };
+    assert_eq!(query.encode().unwrap(), [17, 1, b't', 1]);
+    let outcome = Message::RoundOutcome {
+        round: 1,
+        aggregated: true,
+        updates: 2,
+        min_clients: 2,
+    };
+    assert_eq!(outcome.encode().unwrap(), [18, 1, 1, 2, 2]);
 }
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {

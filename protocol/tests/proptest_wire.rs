@@ -198,6 +198,15 @@ fn message() -> impl Strategy<Value = Message> {
                     key: SecretBytes::new(key),
                 }
             }),
+        (text(), any::<u64>()).prop_map(|(task, round)| Message::RoundOutcomeQuery { task, round }),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
+            |(round, aggregated, updates, min_clients)| Message::RoundOutcome {
+                round,
+                aggregated,
+                updates,
+                min_clients,
+            }
+        ),
     ]
 }
 

@@ -32,11 +32,77 @@ use crate::pool::{InferencePool, PoolError};
 use crate::provider::ProviderClient;
 use inference::{OutputError, RunError, apply, check_rows};
 
+/// Updates accepted per federated round, so a device can be told whether a
+/// round it took part in was aggregated (`RoundOutcomeQuery`). Every
+/// accepted update goes through [`RoundTally::submit`], which holds the
+/// tally's lock across the coordinator's submit; a reader takes the lock
+/// only after the round has closed, so it sees every update the round
+/// accepted. The coordinator aggregates exactly when a closed round holds at
+/// least `min_clients` updates (`fl::round::Status`), which is the rule
+/// [`RoundTally::outcome`] applies.
+///
+/// Must never: grow without bound (the newest [`RoundTally::KEPT`] rounds
+/// are kept), or answer for a round it has forgotten.
+#[derive(Debug, Default)]
+struct RoundTally {
+    inner: tokio::sync::Mutex<TallyState>,
+}
+
+#[derive(Debug, Default)]
+struct TallyState {
+    accepted: std::collections::BTreeMap<u64, u32>,
+    /// Rounds at or below this were dropped from `accepted`.
+    forgotten: Option<u64>,
+}
+
+impl RoundTally {
+    const KEPT: usize = 256;
+
+    async fn submit(
+        &self,
+        fl: &Coordinator,
+        device: [u8; 32],
+        round: u64,
+        update: fl::aggregate::Update,
+    ) -> Result<usize, fl::round::Rejected> {
+        let mut t = self.inner.lock().await;
+        let result = fl.submit(device, round, update).await;
+        if let Ok(n) = result {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            let slot = t.accepted.entry(round).or_default();
+            *slot = (*slot).max(n);
+            while t.accepted.len() > Self::KEPT {
+                if let Some((old, _)) = t.accepted.pop_first() {
+                    t.forgotten = Some(old);
+                }
+            }
+        }
+        result
+    }
+
+    /// How the closed `round` ended, or `None` if it was forgotten.
+    async fn outcome(&self, round: u64, min_clients: usize) -> Option<Message> {
+        let t = self.inner.lock().await;
+        if t.forgotten.is_some_and(|f| round <= f) {
+            return None;
+        }
+        let updates = t.accepted.get(&round).copied().unwrap_or(0);
+        let min_clients = u32::try_from(min_clients).unwrap_or(u32::MAX);
+        Some(Message::RoundOutcome {
+            round,
+            aggregated: updates >= min_clients,
+            updates,
+            min_clients,
+        })
+    }
+}
+
 /// What the request handlers share.
 #[derive(Debug)]
 struct Runtime {
     models: Arc<Models>,
     fl: Option<Arc<Coordinator>>,
+    fl_tally: RoundTally,
     pool: InferencePool,
     budgets: Budgets,
     metrics: Arc<Metrics>,
@@ -194,6 +260,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let rt = Arc::new(Runtime {
         models: models.clone(),
         fl,
+        fl_tally: RoundTally::default(),
         pool: InferencePool::new(cfg.workers, cfg.queue),
         budgets: Budgets::default(),
         metrics: metrics.clone(),
@@ -418,7 +485,7 @@ where
                 }
                 Some(fl) => {
                     let update = fl::aggregate::Update { delta, num_samples };
-                    match fl.submit(fl_device, round, update).await {
+                    match rt.fl_tally.submit(fl, fl_device, round, update).await {
                         Ok(n) => {
                             submitted = Some(round);
                             info!(round, updates = n, "federated update accepted");
@@ -442,6 +509,37 @@ where
                     }
                 }
                 None => Message::error(ErrorCode::NotFound, "no federated task here"),
+            },
+            Message::RoundOutcomeQuery { task, round } => match &rt.fl {
+                Some(fl) if fl.task() == task && !fl.admits(&peer.measurement) => {
+                    rt.metrics.error("fl-device-not-allowed");
+                    Message::error(
+                        ErrorCode::Refused,
+                        "this device's measurement may not join this federated task",
+                    )
+                }
+                Some(fl) if fl.task() == task => {
+                    // Returns at once unless `round` is the open round, in
+                    // which case it waits for the round to close.
+                    let current = match fl.join(Some(round)).await {
+                        Joined::Train(info) | Joined::Done(info) => info.number,
+                    };
+                    if current <= round {
+                        Message::error(
+                            ErrorCode::BadRequest,
+                            format!("round {round} has not run; the current round is {current}"),
+                        )
+                    } else {
+                        match rt.fl_tally.outcome(round, fl.min_clients()).await {
+                            Some(outcome) => outcome,
+                            None => Message::error(
+                                ErrorCode::NotFound,
+                                format!("round {round} is too old: its outcome is no longer kept"),
+                            ),
+                        }
+                    }
+                }
+                _ => Message::error(ErrorCode::NotFound, "no such federated task here"),
             },
             other => {
                 rt.metrics.error("bad-request");

@@ -329,7 +329,9 @@ async fn ten_devices_train_close_to_centralized() {
         assert_eq!(rounds.len(), 6, "{text}");
         for r in &rounds[..5] {
             assert_eq!(r["accepted"], serde_json::Value::Bool(true), "{text}");
+            assert_eq!(r["aggregated"], serde_json::Value::Bool(true), "{text}");
         }
+        assert_eq!(v["summary"]["aggregated"], 5, "{text}");
         assert!(rounds[5]["accepted"].is_null());
         federated.push(v["eval_accuracy"].as_f64().unwrap());
     }
@@ -397,4 +399,222 @@ async fn ten_devices_train_close_to_centralized() {
         federated[0],
         "the published model is the final one"
     );
+}
+
+/// `device-agent train` for `handle` in `state`, `rounds` rounds.
+fn train_device(
+    agent: &Path,
+    certifier: &Certifier,
+    addr: &str,
+    state: &str,
+    handle: &str,
+    rounds: &str,
+    json: bool,
+) -> std::process::Child {
+    let key = certifier.platform_key.display().to_string();
+    let mut c = Command::new(agent);
+    c.args([
+        "train",
+        "--runtime",
+        addr,
+        "--task",
+        "digits",
+        "--rounds",
+        rounds,
+    ])
+    .args(["--handle", handle])
+    .args([
+        "--certifier",
+        &certifier.addr,
+        "--allow-insecure-peers",
+        "--policy-cert",
+    ])
+    .arg(&certifier.policy_cert)
+    .args([
+        "--state",
+        state,
+        "--platform",
+        "insecure-emulated",
+        "--platform-key",
+        &key,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if json {
+        c.arg("--json");
+    }
+    c.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_says_which_rounds_were_discarded_after_another_device_left() {
+    // Two devices are needed per round. Device A takes part in one round
+    // and stops; B goes on alone for three, so at least two of B's rounds
+    // close with one update and are discarded. (Which round A shares with
+    // B depends on start-up timing; the assertions hold for every order.)
+    let fl = [
+        "--fl-rule",
+        "fedavg",
+        "--fl-min-clients",
+        "2",
+        "--fl-max-clients",
+        "2",
+        "--fl-deadline-secs",
+        "8",
+        "--fl-rounds",
+        "50",
+    ];
+    let (dir, certifier, _procs, addr, agent, _) = start("discarded", &fl);
+    let train = std::fs::read_to_string(testkit::model_file("digits_train.csv")).unwrap();
+    let lines: Vec<&str> = train.lines().collect();
+    let mut handles = Vec::new();
+    for d in 0..2 {
+        let part: Vec<&str> = lines.iter().skip(d).step_by(2).copied().collect();
+        let csv = dir.image(&format!("half{d}.csv"), part.join("\n").as_bytes());
+        let state = dir.p(&format!("device{d}"));
+        let key = certifier.platform_key.display().to_string();
+        let h = ok(Command::new(&agent)
+            .args(["import", "--csv", &csv, "--labels", "last"])
+            .args([
+                "--state",
+                &state,
+                "--platform",
+                "insecure-emulated",
+                "--platform-key",
+                &key,
+            ])
+            .output()
+            .unwrap());
+        handles.push((state, h.trim().to_string()));
+    }
+    let a = train_device(
+        &agent,
+        &certifier,
+        &addr,
+        &handles[0].0,
+        &handles[0].1,
+        "1",
+        true,
+    );
+    let b = train_device(
+        &agent,
+        &certifier,
+        &addr,
+        &handles[1].0,
+        &handles[1].1,
+        "3",
+        false,
+    );
+    let wait =
+        |c: std::process::Child| tokio::task::spawn_blocking(move || c.wait_with_output().unwrap());
+    let (a, b) = (wait(a).await.unwrap(), wait(b).await.unwrap());
+
+    // A: one round, reported with its outcome; exit 0 only if aggregated.
+    let a_text = String::from_utf8_lossy(&a.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(a_text.trim()).unwrap();
+    let a_round = v["rounds"][0]["round"].as_u64().unwrap();
+    // (null if A's update came too late for its round and was refused.)
+    let a_aggregated = v["rounds"][0]["aggregated"].as_bool().unwrap_or(false);
+    assert_eq!(v["summary"]["took_part"], 1, "{a_text}");
+    assert_eq!(
+        a.status.code(),
+        Some(if a_aggregated { 0 } else { 3 }),
+        "{a_text}"
+    );
+
+    // B: exits 3 and names every discarded round; only the round it shared
+    // with A can have been aggregated.
+    let b_out = String::from_utf8_lossy(&b.stdout).to_string();
+    let b_err = String::from_utf8_lossy(&b.stderr).to_string();
+    assert_eq!(b.status.code(), Some(3), "stdout {b_out}\nstderr {b_err}");
+    let (mut discarded, mut aggregated, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for line in b_out.lines().filter(|l| l.starts_with("round ")) {
+        let n: u64 = line["round ".len()..]
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if line.contains("update accepted, round aggregated (2 updates)") {
+            aggregated.push(n);
+        } else if line.contains(
+            "update accepted, round DISCARDED (not enough updates: 1 of 2 by the deadline)",
+        ) {
+            discarded.push(n);
+        } else if line.contains("; update REFUSED: ") {
+            // Joined as its round's deadline passed (possible under load).
+            refused.push(n);
+        } else {
+            panic!("unexpected round line {line:?} in {b_out}");
+        }
+    }
+    assert_eq!(
+        discarded.len() + aggregated.len() + refused.len(),
+        3,
+        "{b_out}"
+    );
+    assert!(discarded.len() + refused.len() >= 2, "{b_out}");
+    assert!(!discarded.is_empty(), "{b_out}");
+    assert_eq!(
+        aggregated,
+        if a_aggregated { vec![a_round] } else { vec![] },
+        "{b_out}"
+    );
+    let list = discarded
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut summary = format!(
+        "aggregated {} of 3 rounds this device took part in; discarded for too few updates: round {list}",
+        aggregated.len()
+    );
+    if !refused.is_empty() {
+        let list = refused
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        summary += &format!("; update refused: round {list}");
+    }
+    assert!(b_out.contains(&summary), "{summary:?} not in {b_out}");
+    assert!(
+        b_err.contains("not every round this device trained for was aggregated"),
+        "{b_err}"
+    );
+
+    // The runtime keeps serving, and says the same over the protocol.
+    let me = certifier.admit(&agent, Role::device()).await;
+    let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
+        .await
+        .unwrap();
+    let last = *discarded.last().unwrap();
+    c.send(&Message::RoundOutcomeQuery {
+        task: "digits".into(),
+        round: last,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        c.recv().await.unwrap(),
+        Message::RoundOutcome {
+            round: last,
+            aggregated: false,
+            updates: 1,
+            min_clients: 2
+        }
+    );
+    c.send(&Message::RoundOutcomeQuery {
+        task: "digits".into(),
+        round: 10_000,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.recv().await.unwrap(),
+        Message::Error {
+            code: protocol::ErrorCode::BadRequest,
+            ..
+        }
+    ));
 }
