@@ -283,13 +283,28 @@ fn main() {
         let client = tokio::spawn(async move { connector.connect(server_name(), TcpStream::connect(addr).await.unwrap()).await.unwrap() });
         let server = TlsAcceptor::from(att.server.clone()).accept(listener.accept().await.unwrap().0).await.unwrap();
         let client = client.await.unwrap();
+        // The policy fresh evidence is appraised against: the emulated key, INSECURE.
+        let policy = {
+            use attestation::certifier::claims::sign_claim;
+            use attestation::certifier::clause::{key_entity, says, unary, verb};
+            use attestation::certifier::keys::PublicKey;
+            use attestation::certifier::policy::Policy;
+            use attestation::certifier::proto::SignedClaimSequence;
+            let (key, _) = SigningKey::generate_p256().unwrap();
+            let now = unix_now();
+            let stmt = unary(key_entity(&PublicKey::P384(cpak.point().to_vec()), "platformKey"), verb::IS_TRUSTED_FOR_ATTESTATION);
+            let claim = sign_claim(&key, "policyKey", &says(key_entity(&key.public_key(), "policyKey"), stmt), "cca-platform;insecure-emulated;sw-components=any", now - 60, now + 3600).unwrap();
+            Policy::load(&SignedClaimSequence { claims: vec![claim] }, &key.public_key(), now).unwrap()
+        };
+        let sample = platform.attestation_token(&attestation::cca::Challenge([0; 64])).unwrap();
         let peer_claims = VerifiedPeer {
             role: Role::device(),
             measurement: platform.rim().as_bytes().to_vec(),
             insecure_platform: true,
-            platform_instance: [1; 33],
+            platform_instance: attestation::cca::parse(&sample).unwrap().platform().claims().instance_id,
             auth_key: attestation::certifier::keys::PublicKey::P256(vec![]),
             auth_key_spki: device_spki.clone(),
+            not_after: i64::MAX,
         };
         let n = if quick { 20 } else { 100 };
         let start = Instant::now();
@@ -297,7 +312,7 @@ fn main() {
             let nonce = [i as u8; 32];
             let token = platform.attestation_token(&fresh_challenge(client.get_ref().1, &nonce, &device_spki).unwrap()).unwrap();
             let expected = fresh_challenge(server.get_ref().1, &nonce, &device_spki).unwrap();
-            verify_fresh_evidence(&token, &expected, &peer_claims, std::slice::from_ref(&cpak)).unwrap();
+            verify_fresh_evidence(&token, &expected, &peer_claims, &policy).unwrap();
         }
         let per = start.elapsed() / n;
         println!("fresh evidence (emulated platform), produce + verify, mean of {n}: {:.3} ms = {:.2} x the plain handshake p50", per.as_secs_f64() * 1e3, per.as_secs_f64() / p50.as_secs_f64());

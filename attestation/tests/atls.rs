@@ -11,10 +11,13 @@ use attestation::cca::{Curve, PlatformKey, VerifyError};
 use attestation::certifier::admission::{
     CertError, issue_admission_certificate, policy_certificate,
 };
+use attestation::certifier::claims::sign_claim;
+use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
 use attestation::certifier::client::unix_now;
 use attestation::certifier::decide::Admitted;
-use attestation::certifier::keys::SigningKey;
-use attestation::certifier::policy::Role;
+use attestation::certifier::keys::{PublicKey, SigningKey};
+use attestation::certifier::policy::{Policy, Role};
+use attestation::certifier::proto::{SignedClaimSequence, VseClause};
 use attestation::platform::EvidenceSource;
 use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,12 +49,25 @@ impl Pki {
         validity: i64,
         insecure: bool,
     ) -> (Identity, Vec<u8>) {
+        self.party_on([1; 33], role, measurement, issued, validity, insecure)
+    }
+
+    /// The same, admitted from platform instance `instance`.
+    fn party_on(
+        &self,
+        instance: [u8; 33],
+        role: &str,
+        measurement: &[u8],
+        issued: i64,
+        validity: i64,
+        insecure: bool,
+    ) -> (Identity, Vec<u8>) {
         let (key, pkcs8) = SigningKey::generate_p256().unwrap();
         let admitted = Admitted {
             role: Role::new(role).unwrap(),
             measurement: measurement.to_vec(),
             auth_key: key.public_key(),
-            platform_instance: [1; 33],
+            platform_instance: instance,
             insecure: insecure
                 .then_some(attestation::certifier::insecure::Insecurity::EmulatedPlatform),
         };
@@ -62,7 +78,51 @@ impl Pki {
             key.public_key().ec_spki_der().unwrap(),
         )
     }
+
+    /// A policy signed by this PKI's key: `cpak` trusted with `flags`, plus
+    /// `extra` statements (descriptor, statement).
+    fn policy(&self, cpak: &PlatformKey, flags: &str, extra: &[(String, VseClause)]) -> Policy {
+        let key = SigningKey::from_pkcs8(&self.pkcs8).unwrap();
+        let now = unix_now();
+        let pk = key_entity(&key.public_key(), "policyKey");
+        let sign = |stmt: VseClause, d: &str| {
+            sign_claim(
+                &key,
+                "policyKey",
+                &says(pk.clone(), stmt),
+                d,
+                now - 60,
+                now + 3600,
+            )
+            .unwrap()
+        };
+        let mut claims = vec![sign(
+            unary(
+                key_entity(&PublicKey::P384(cpak.point().to_vec()), "platformKey"),
+                verb::IS_TRUSTED_FOR_ATTESTATION,
+            ),
+            flags,
+        )];
+        for (d, stmt) in extra {
+            claims.push(sign(stmt.clone(), d));
+        }
+        Policy::load(&SignedClaimSequence { claims }, &key.public_key(), now).unwrap()
+    }
 }
+
+/// The instance id an emulated platform's tokens carry.
+fn instance_of(platform: &InsecureEmulatedPlatform) -> [u8; 33] {
+    let token = platform
+        .attestation_token(&attestation::cca::Challenge([0; 64]))
+        .unwrap();
+    attestation::cca::parse(&token)
+        .unwrap()
+        .platform()
+        .claims()
+        .instance_id
+}
+
+const EMULATED_FLAGS: &str = "cca-platform;insecure-emulated;sw-components=any";
 
 const RUNTIME_M: [u8; 64] = [0x11; 64];
 const DEVICE_M: [u8; 64] = [0x22; 64];
@@ -295,9 +355,10 @@ async fn fresh_evidence_is_bound_to_the_session_and_relays_fail() {
     let platform =
         InsecureEmulatedPlatform::from_pkcs8(pem::parse(pem).unwrap().contents()).unwrap();
     let rim = platform.rim().as_bytes().to_vec();
-    let platforms: Vec<PlatformKey> = vec![cpak];
+    let platforms = pki.policy(&cpak, EMULATED_FLAGS, &[]);
     let (runtime, _) = pki.party("runtime", &RUNTIME_M, now, 3600, false);
-    let (device, device_spki) = pki.party("device", &rim, now, 3600, true);
+    let (device, device_spki) =
+        pki.party_on(instance_of(&platform), "device", &rim, now, 3600, true);
 
     let server_cfg = server_config(
         &runtime,
@@ -408,4 +469,105 @@ async fn fresh_evidence_is_bound_to_the_session_and_relays_fail() {
         verify_fresh_evidence(&changed, &expect1, &peer, &platforms),
         Err(FreshEvidenceError::MeasurementChanged { .. })
     ));
+}
+
+/// Issue 17 item 5: fresh evidence is appraised like admission (the same
+/// function, against the current policy) and must match the admission: an
+/// emulated token for a certificate that is not INSECURE, a firmware value
+/// that is not this platform's reference value, a measurement revoked since
+/// admission and a token from another platform instance are each refused.
+#[test]
+fn fresh_evidence_is_appraised_like_admission() {
+    use attestation::certifier::decide::Refusal;
+    let pki = Pki::new();
+    let now = unix_now();
+    let (pem, cpak) = generate_platform_key_pem(Curve::P384).unwrap();
+    let platform =
+        InsecureEmulatedPlatform::from_pkcs8(pem::parse(pem).unwrap().contents()).unwrap();
+    let rim = platform.rim().as_bytes().to_vec();
+    let instance = instance_of(&platform);
+    let challenge = attestation::cca::Challenge([9; 64]);
+    let token = platform.attestation_token(&challenge).unwrap();
+    let peer_of = |identity: &Identity| {
+        VerifiedPeer::from_certificates(
+            Some(&[rustls::pki_types::CertificateDer::from(
+                identity.certificate().to_vec(),
+            )]),
+            pki.anchor.key(),
+            now,
+        )
+        .unwrap()
+    };
+    let policy = pki.policy(&cpak, EMULATED_FLAGS, &[]);
+
+    // Baseline: an INSECURE certificate for this platform and RIM passes.
+    let (insecure_cert, _) = pki.party_on(instance, "device", &rim, now, 3600, true);
+    verify_fresh_evidence(&token, &challenge, &peer_of(&insecure_cert), &policy).unwrap();
+
+    // Emulated evidence behind a certificate that does not say INSECURE.
+    let (secure_cert, _) = pki.party_on(instance, "device", &rim, now, 3600, false);
+    assert!(matches!(
+        verify_fresh_evidence(&token, &challenge, &peer_of(&secure_cert), &policy),
+        Err(FreshEvidenceError::InsecureEvidence(ref why)) if why == "insecure-emulated-platform"
+    ));
+
+    // Another platform instance than the admission's.
+    let (other_phone, _) = pki.party_on([7; 33], "device", &rim, now, 3600, true);
+    assert_eq!(
+        verify_fresh_evidence(&token, &challenge, &peer_of(&other_phone), &policy).unwrap_err(),
+        FreshEvidenceError::InstanceChanged
+    );
+
+    // Revoked since admission.
+    let revoked = pki.policy(
+        &cpak,
+        EMULATED_FLAGS,
+        &[(
+            "revoked:test".into(),
+            unary(measurement_entity(&rim), verb::IS_REVOKED),
+        )],
+    );
+    assert!(matches!(
+        verify_fresh_evidence(&token, &challenge, &peer_of(&insecure_cert), &revoked),
+        Err(FreshEvidenceError::Revoked(_))
+    ));
+
+    // Downgraded firmware: the platform's reference value for the slot is
+    // another measurement (the policy appraises components for this entry).
+    let fingerprint = attestation::certifier::policy::platform_fingerprint(&PublicKey::P384(
+        cpak.point().to_vec(),
+    ))
+    .unwrap();
+    let slot = attestation::cca::parse(&token)
+        .unwrap()
+        .platform()
+        .claims()
+        .sw_components[0]
+        .measurement_type
+        .clone()
+        .unwrap();
+    let appraising = pki.policy(
+        &cpak,
+        "cca-platform;insecure-emulated",
+        &[(
+            format!(
+                "cca-platform-component;cpak={};type={slot}",
+                hex::encode(fingerprint)
+            ),
+            unary(
+                measurement_entity(&[0x42; 32]),
+                verb::IS_TRUSTED_PLATFORM_COMPONENT,
+            ),
+        )],
+    );
+    let err = verify_fresh_evidence(&token, &challenge, &peer_of(&insecure_cert), &appraising)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FreshEvidenceError::Appraisal(Refusal::PlatformComponentNotTrusted { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "platform-component-not-trusted");
 }

@@ -93,6 +93,7 @@ mod tests {
             platform_instance: [1; 33],
             auth_key: PublicKey::P256(vec![4; 65]),
             auth_key_spki: Vec::new(),
+            not_after: i64::MAX,
         }
     }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use attestation::atls::{Admitted, PeerRequirement, VerifiedPeer, client_config, server_config};
-use attestation::cca::PlatformKey;
+use attestation::atls::{
+    Admitted, CurrentPolicy, PeerRequirement, VerifiedPeer, client_config, server_config,
+};
 use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
@@ -78,7 +79,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         own_spki,
         anchor,
         revoked,
-        platform_keys,
+        policy,
         ..
     } = admitted;
     if cfg.fresh_evidence {
@@ -135,7 +136,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         let fresh = cfg.fresh_evidence.then(|| Fresh {
             own_spki: own_spki.clone(),
             platform: cfg.platform.clone(),
-            platform_keys: platform_keys.clone(),
+            policy: policy.clone(),
         });
         tokio::spawn(async move {
             let tls =
@@ -180,7 +181,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
 struct Fresh {
     own_spki: Vec<u8>,
     platform: Arc<dyn EvidenceSource>,
-    platform_keys: Arc<Vec<PlatformKey>>,
+    policy: CurrentPolicy,
 }
 
 async fn session<S>(
@@ -200,7 +201,7 @@ where
             &f.own_spki,
             f.platform.as_ref(),
             peer,
-            &f.platform_keys,
+            &f.policy.get(),
         )
         .await?;
         info!(role = %peer.role, measurement = %hex::encode(&peer.measurement), "fresh evidence verified");

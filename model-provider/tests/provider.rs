@@ -366,14 +366,13 @@ async fn fresh_evidence_mode_demands_session_bound_evidence() {
         bundle_hash: digits.0,
         usage: KeyUsage::RemoteInference,
     };
-    let platforms = std::slice::from_ref(&certifier.cpak);
+    let policy = certifier.policy().await;
 
     // With fresh evidence: the provider proves itself too, then releases the key.
     let (mut framed, provider_peer) = session().await;
-    let verified =
-        fresh_evidence_exchange(&mut framed, &spki, &platform, &provider_peer, platforms)
-            .await
-            .unwrap();
+    let verified = fresh_evidence_exchange(&mut framed, &spki, &platform, &provider_peer, &policy)
+        .await
+        .unwrap();
     assert_eq!(
         verified.realm().rim.as_bytes(),
         provider_peer.measurement.as_slice()
@@ -397,7 +396,7 @@ async fn fresh_evidence_mode_demands_session_bound_evidence() {
     let rebuilt =
         certifier.platform_measuring(Path::new(&dir.image("rebuilt.img", b"runtime build 2")));
     let (mut framed, provider_peer) = session().await;
-    let _ = fresh_evidence_exchange(&mut framed, &spki, &rebuilt, &provider_peer, platforms).await;
+    let _ = fresh_evidence_exchange(&mut framed, &spki, &rebuilt, &provider_peer, &policy).await;
     let _ = framed.send(&request).await;
     let answer = framed.recv().await;
     assert!(

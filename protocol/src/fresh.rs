@@ -7,7 +7,8 @@
 
 use attestation::atls::VerifiedPeer;
 use attestation::atls::fresh::{FreshEvidenceError, fresh_challenge, verify_fresh_evidence};
-use attestation::cca::{Challenge, PlatformKey, VerifiedCcaToken};
+use attestation::cca::{Challenge, VerifiedCcaToken};
+use attestation::certifier::policy::Policy;
 use attestation::platform::{EvidenceSource, PlatformError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -71,14 +72,14 @@ pub enum FreshExchangeError {
 }
 
 /// Give and demand fresh evidence on this session. `own_spki` is the SPKI of
-/// this side's certificate key; `peer` and `platforms` (the policy's platform
-/// keys) verify the other side.
+/// this side's certificate key; `peer` and `policy` (the current verified
+/// policy, appraised as admission appraises) verify the other side.
 pub async fn fresh_evidence_exchange<S>(
     framed: &mut Framed<S>,
     own_spki: &[u8],
     platform: &dyn EvidenceSource,
     peer: &VerifiedPeer,
-    platforms: &[PlatformKey],
+    policy: &Policy,
 ) -> Result<VerifiedCcaToken, FreshExchangeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + TlsSession,
@@ -103,7 +104,7 @@ where
     let expected = framed
         .get_ref()
         .fresh_challenge(&ours, &peer.auth_key_spki)?;
-    Ok(verify_fresh_evidence(&token, &expected, peer, platforms)?)
+    Ok(verify_fresh_evidence(&token, &expected, peer, policy)?)
 }
 
 fn unexpected(expected: &'static str, got: &Message) -> FreshExchangeError {

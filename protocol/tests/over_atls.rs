@@ -7,12 +7,16 @@ use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, VerifiedPeer, client_config,
     server_config, server_name,
 };
-use attestation::cca::{Curve, PlatformKey};
+use attestation::cca::{Challenge, Curve};
 use attestation::certifier::admission::{issue_admission_certificate, policy_certificate};
+use attestation::certifier::claims::sign_claim;
+use attestation::certifier::clause::{key_entity, says, unary, verb};
 use attestation::certifier::client::unix_now;
 use attestation::certifier::decide::Admitted;
-use attestation::certifier::keys::SigningKey;
-use attestation::certifier::policy::Role;
+use attestation::certifier::keys::{PublicKey, SigningKey};
+use attestation::certifier::policy::{Policy, Role, descriptor};
+use attestation::certifier::proto::SignedClaimSequence;
+use attestation::platform::EvidenceSource;
 use attestation::platform::danger::{InsecureEmulatedPlatform, generate_platform_key_pem};
 use protocol::{
     Framed, FreshExchangeError, Limits, Message, ProtocolError, Tensor, TensorData,
@@ -31,7 +35,8 @@ struct Party {
 
 struct World {
     anchor: PolicyAnchor,
-    cpak: PlatformKey,
+    /// The signed policy: the emulated platform, marked INSECURE.
+    policy: Policy,
     runtime: Party,
     device: Party,
 }
@@ -39,7 +44,7 @@ struct World {
 fn world() -> World {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let tag = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (_, policy_pkcs8) = SigningKey::generate_p256().unwrap();
+    let (policy_key, policy_pkcs8) = SigningKey::generate_p256().unwrap();
     let now = unix_now();
     let anchor =
         PolicyAnchor::from_certificate_der(&policy_certificate(&policy_pkcs8, now, 1).unwrap())
@@ -56,11 +61,18 @@ fn world() -> World {
             .unwrap();
         std::fs::remove_file(&path).unwrap();
         let (key, key_pkcs8) = SigningKey::generate_p256().unwrap();
+        // The instance id its tokens carry, as the certifier would certify it.
+        let sample = platform.attestation_token(&Challenge([0; 64])).unwrap();
+        let platform_instance = attestation::cca::parse(&sample)
+            .unwrap()
+            .platform()
+            .claims()
+            .instance_id;
         let admitted = Admitted {
             role,
             measurement: platform.rim().as_bytes().to_vec(),
             auth_key: key.public_key(),
-            platform_instance: [1; 33],
+            platform_instance,
             insecure: Some(attestation::certifier::insecure::Insecurity::EmulatedPlatform),
         };
         let cert = issue_admission_certificate(&policy_pkcs8, &admitted, now, 3600, None).unwrap();
@@ -70,9 +82,38 @@ fn world() -> World {
             platform,
         }
     };
+    let pk = key_entity(&policy_key.public_key(), "policyKey");
+    let entry = sign_claim(
+        &policy_key,
+        "policyKey",
+        &says(
+            pk,
+            unary(
+                key_entity(&PublicKey::P384(cpak.point().to_vec()), "platformKey"),
+                verb::IS_TRUSTED_FOR_ATTESTATION,
+            ),
+        ),
+        &format!(
+            "{};{};{}",
+            descriptor::CCA_PLATFORM,
+            descriptor::INSECURE_EMULATED,
+            descriptor::SW_COMPONENTS_ANY
+        ),
+        now - 60,
+        now + 3600,
+    )
+    .unwrap();
+    let policy = Policy::load(
+        &SignedClaimSequence {
+            claims: vec![entry],
+        },
+        &policy_key.public_key(),
+        now,
+    )
+    .unwrap();
     World {
         anchor,
-        cpak,
+        policy,
         runtime: party(Role::runtime(), b"runtime image"),
         device: party(Role::device(), b"device image"),
     }
@@ -129,7 +170,7 @@ async fn serve(
                             &w.runtime.spki,
                             &w.runtime.platform,
                             &peer,
-                            std::slice::from_ref(&w.cpak),
+                            &w.policy,
                         )
                         .await
                         .map_err(|e| e.to_string())?;
@@ -284,7 +325,7 @@ async fn fresh_evidence_runs_both_ways_over_the_session() {
         &w.device.spki,
         &w.device.platform,
         &peer,
-        std::slice::from_ref(&w.cpak),
+        &w.policy,
     )
     .await
     .unwrap();
@@ -314,7 +355,7 @@ async fn fresh_evidence_runs_both_ways_over_the_session() {
         &w.device.spki,
         &w.runtime.platform,
         &peer,
-        std::slice::from_ref(&w.cpak),
+        &w.policy,
     )
     .await;
     // Our side may or may not see the refusal before the server hangs up.

@@ -14,7 +14,7 @@ use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, VerifiedPeer, client_config,
     server_config, server_name,
 };
-use attestation::cca::{Curve, PlatformKey};
+use attestation::cca::Curve;
 use attestation::certifier::admission::{issue_admission_certificate, policy_certificate};
 use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
@@ -42,8 +42,12 @@ fn emulated(dir: &Path, image: &str) -> InsecureEmulatedPlatform {
         .unwrap()
 }
 
-fn platform_keys(dir: &Path) -> Vec<PlatformKey> {
-    vec![PlatformKey::from_file_bytes(&read(dir, "platform.pub.pem")).unwrap()]
+/// The signed policy `setup` wrote, verified with the policy certificate's key.
+fn policy(dir: &Path) -> Policy {
+    use prost::Message as _;
+    let anchor = PolicyAnchor::from_certificate_der(&read(dir, "policy.cert.der")).unwrap();
+    let seq = SignedClaimSequence::decode(read(dir, "policy.bin").as_slice()).unwrap();
+    Policy::load(&seq, anchor.key(), unix_now()).unwrap()
 }
 
 fn requirement(role: Role) -> PeerRequirement {
@@ -119,12 +123,9 @@ fn setup() -> PathBuf {
             &format!("role:{role}"),
         ));
     }
-    let policy = Policy::load(
-        &SignedClaimSequence { claims },
-        &policy_key.public_key(),
-        now,
-    )
-    .unwrap();
+    let seq = SignedClaimSequence { claims };
+    std::fs::write(dir.join("policy.bin"), prost::Message::encode_to_vec(&seq)).unwrap();
+    let policy = Policy::load(&seq, &policy_key.public_key(), now).unwrap();
     admit(
         &dir,
         &policy,
@@ -207,7 +208,7 @@ async fn child_process_server() {
         &own_spki,
         &emulated(&dir, "runtime.img"),
         &peer,
-        &platform_keys(&dir),
+        &policy(&dir),
     )
     .await
     .unwrap();
@@ -302,7 +303,7 @@ async fn two_admitted_processes_talk_over_attested_tls() {
         &own_spki,
         &emulated(&dir, "device.img"),
         &peer,
-        &platform_keys(&dir),
+        &policy(&dir),
     )
     .await
     .unwrap();

@@ -202,6 +202,14 @@ impl Certifier {
         PolicyAnchor::from_certificate_der(&std::fs::read(&self.policy_cert).unwrap()).unwrap()
     }
 
+    /// The signed policy the service serves, verified with its policy key.
+    pub async fn policy(&self) -> attestation::certifier::policy::Policy {
+        Client::new(self.addr.clone(), Duration::from_secs(10))
+            .policy(self.anchor().key())
+            .await
+            .unwrap()
+    }
+
     /// An emulated platform whose RIM is the SHA-512 of `image`.
     pub fn platform_measuring(&self, image: &Path) -> InsecureEmulatedPlatform {
         InsecureEmulatedPlatform::from_key_file(&self.platform_key)

@@ -8,7 +8,7 @@
 //! the policy certificate the party was configured with, not the one the
 //! certifier claims).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -16,10 +16,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Identity, PolicyAnchor, RevocationList};
-use crate::cca::{Curve, PlatformKey};
 use crate::certifier::admission::CertError;
 use crate::certifier::client::{Client, ClientError};
-use crate::certifier::keys::{KeyError, PublicKey, SigningKey};
+use crate::certifier::keys::{KeyError, SigningKey};
 use crate::certifier::policy::{Policy, Role};
 use crate::platform::EvidenceSource;
 
@@ -57,8 +56,9 @@ pub struct Admitted {
     pub anchor: PolicyAnchor,
     /// Revoked measurements, shared with every TLS verifier built from it.
     pub revoked: RevocationList,
-    /// CCA platform keys the policy trusts (to check peers' fresh evidence).
-    pub platform_keys: Arc<Vec<PlatformKey>>,
+    /// The signed policy as last fetched and verified (to appraise peers'
+    /// fresh evidence), kept current with the revocations.
+    pub policy: CurrentPolicy,
     /// The certifier client used (for refreshing the policy).
     pub certifier: Client,
 }
@@ -98,7 +98,7 @@ impl Admitted {
             own_spki,
             anchor,
             revoked,
-            platform_keys: Arc::new(platform_keys(&policy)),
+            policy: CurrentPolicy::new(policy),
             certifier,
         })
     }
@@ -107,8 +107,9 @@ impl Admitted {
     /// measurement revoked at the certifier is refused by this party's TLS
     /// verifiers within one interval. A failed refresh keeps the last list.
     pub fn keep_revocations_current(&self, every: Duration) -> JoinHandle<()> {
-        let (revoked, client, key) = (
+        let (revoked, current, client, key) = (
             self.revoked.clone(),
+            self.policy.clone(),
             self.certifier.clone(),
             self.anchor.key().clone(),
         );
@@ -116,7 +117,10 @@ impl Admitted {
             loop {
                 tokio::time::sleep(every).await;
                 match client.policy(&key).await {
-                    Ok(p) => revoked.update_from_policy(&p),
+                    Ok(p) => {
+                        revoked.update_from_policy(&p);
+                        current.replace(p);
+                    }
                     Err(e) => warn!("could not refresh revocations (keeping the last list): {e}"),
                 }
             }
@@ -124,15 +128,22 @@ impl Admitted {
     }
 }
 
-/// The CCA platform keys a verified policy trusts (RSA entries cannot be CCA CPAKs).
-fn platform_keys(policy: &Policy) -> Vec<PlatformKey> {
-    policy
-        .platforms()
-        .iter()
-        .filter_map(|p| match &p.cpak {
-            PublicKey::P256(x) => PlatformKey::from_point(Curve::P256, x).ok(),
-            PublicKey::P384(x) => PlatformKey::from_point(Curve::P384, x).ok(),
-            PublicKey::Rsa { .. } => None,
-        })
-        .collect()
+/// The verified policy a running party appraises fresh evidence with,
+/// replaced whole when a newer one has been fetched and verified.
+#[derive(Debug, Clone)]
+pub struct CurrentPolicy(Arc<RwLock<Arc<Policy>>>);
+
+impl CurrentPolicy {
+    /// Start from `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+    /// The policy now.
+    pub fn get(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Use `policy` from now on.
+    pub fn replace(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
 }

@@ -12,14 +12,22 @@
 //! The exporter value is unique to this session's keys, so a token produced
 //! for another connection (a relay) or earlier (a replay) has the wrong
 //! challenge; hashing the prover's own key in stops a peer from answering with
-//! evidence meant for its counterpart. The verifier also requires the fresh
-//! token's RIM to equal the measurement in the peer's admission certificate.
-//! This module is sans-IO: the transport sends the nonce and the token.
+//! evidence meant for its counterpart.
+//!
+//! Fresh evidence is appraised exactly as admission appraises evidence — the
+//! same function, `certifier::decide::appraise_platform`, against the current
+//! signed policy (platform entry, emulated-evidence rule, firmware reference
+//! values) — and then must match the peer's admission: the same RIM, the same
+//! platform instance, not revoked, and not INSECURE unless the certificate
+//! already says so. This module is sans-IO: the transport sends the nonce and
+//! the token.
 
 use thiserror::Error;
 
 use super::peer::VerifiedPeer;
-use crate::cca::{self, Challenge, PlatformKey, VerifiedCcaToken, VerifyError, VerifyOptions};
+use crate::cca::{Challenge, VerifiedCcaToken, VerifyError, VerifyOptions};
+use crate::certifier::decide::{Refusal, appraise_platform};
+use crate::certifier::policy::Policy;
 
 /// The exporter label.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-cca-ml-fresh-evidence";
@@ -37,6 +45,10 @@ pub enum FreshEvidenceError {
     /// The token failed a check (a relayed or replayed token fails `realm-challenge`).
     #[error("fresh evidence rejected: {0}")]
     Evidence(VerifyError),
+    /// The token verified but its appraisal refused it (firmware not a
+    /// reference value, emulated evidence through an unmarked entry, ...).
+    #[error("fresh evidence refused by the policy: {0}")]
+    Appraisal(Refusal),
     /// The token's measurement differs from the one the peer was admitted with.
     #[error("fresh evidence measures {found}, but the peer was admitted as {admitted}")]
     MeasurementChanged {
@@ -45,6 +57,31 @@ pub enum FreshEvidenceError {
         /// RIM in the admission certificate.
         admitted: String,
     },
+    /// The token comes from another platform instance than the admission.
+    #[error("fresh evidence comes from another platform instance than the peer's admission")]
+    InstanceChanged,
+    /// The measurement has been revoked since the peer was admitted.
+    #[error("the peer's measurement {0} is revoked")]
+    Revoked(String),
+    /// The fresh evidence is INSECURE but the certificate does not say so.
+    #[error("fresh evidence is INSECURE ({0}) but the peer's certificate is not marked INSECURE")]
+    InsecureEvidence(String),
+}
+
+impl FreshEvidenceError {
+    /// A stable short code for logs and the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Exporter(_) => "fresh-exporter",
+            Self::UntrustedPlatform => "untrusted-platform",
+            Self::Evidence(e) => e.check(),
+            Self::Appraisal(r) => r.code(),
+            Self::MeasurementChanged { .. } => "fresh-measurement-changed",
+            Self::InstanceChanged => "fresh-instance-changed",
+            Self::Revoked(_) => "measurement-revoked",
+            Self::InsecureEvidence(_) => "fresh-insecure-evidence",
+        }
+    }
 }
 
 /// The challenge the prover (whose certificate key is `prover_spki`) must put
@@ -62,36 +99,40 @@ pub fn fresh_challenge<D>(
     Ok(Challenge(out))
 }
 
-/// Check the peer's fresh token against `platforms` (the policy's platform
-/// keys) and the challenge this connection expects.
+/// Check the peer's fresh token against the current signed `policy` and the
+/// challenge this connection expects, then against the peer's admission.
 pub fn verify_fresh_evidence(
     token: &[u8],
     expected: &Challenge,
     peer: &VerifiedPeer,
-    platforms: &[PlatformKey],
+    policy: &Policy,
 ) -> Result<VerifiedCcaToken, FreshEvidenceError> {
-    let parsed = cca::parse(token).map_err(|e| FreshEvidenceError::Evidence(e.into()))?;
     let options = VerifyOptions {
         expected_challenge: Some(*expected),
         ..Default::default()
     };
-    for cpak in platforms {
-        match cca::verify(parsed.clone(), cpak, &options) {
-            Ok(v) => {
-                let rim = v.realm().rim.as_bytes();
-                if rim != peer.measurement.as_slice() {
-                    return Err(FreshEvidenceError::MeasurementChanged {
-                        found: hex::encode(rim),
-                        admitted: hex::encode(&peer.measurement),
-                    });
-                }
-                return Ok(v);
-            }
-            Err(VerifyError::PlatformSignature | VerifyError::PlatformKeyMismatch { .. }) => {
-                continue;
-            }
-            Err(e) => return Err(FreshEvidenceError::Evidence(e)),
-        }
+    let appraised = appraise_platform(policy, token, &options).map_err(|r| match r {
+        Refusal::UntrustedPlatform => FreshEvidenceError::UntrustedPlatform,
+        Refusal::Evidence(e) => FreshEvidenceError::Evidence(e),
+        other => FreshEvidenceError::Appraisal(other),
+    })?;
+    let insecure = appraised.insecure();
+    let v = appraised.into_token();
+    let rim = v.realm().rim.as_bytes();
+    if rim != peer.measurement.as_slice() {
+        return Err(FreshEvidenceError::MeasurementChanged {
+            found: hex::encode(rim),
+            admitted: hex::encode(&peer.measurement),
+        });
     }
-    Err(FreshEvidenceError::UntrustedPlatform)
+    if v.platform().instance_id != peer.platform_instance {
+        return Err(FreshEvidenceError::InstanceChanged);
+    }
+    if policy.revocation(rim).is_some() {
+        return Err(FreshEvidenceError::Revoked(hex::encode(rim)));
+    }
+    if let (Some(why), false) = (insecure, peer.insecure_platform) {
+        return Err(FreshEvidenceError::InsecureEvidence(why.tag()));
+    }
+    Ok(v)
 }

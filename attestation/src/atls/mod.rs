@@ -13,7 +13,7 @@ pub mod fresh;
 mod peer;
 mod verifier;
 
-pub use admitted::{AdmitError, Admitted};
+pub use admitted::{AdmitError, Admitted, CurrentPolicy};
 pub use config::{Identity, SERVER_NAME, client_config, provider, server_config, server_name};
 pub use peer::VerifiedPeer;
 pub use verifier::{

@@ -21,6 +21,9 @@ pub struct VerifiedPeer {
     pub auth_key: PublicKey,
     /// DER SubjectPublicKeyInfo of that key (input to fresh-evidence challenges).
     pub auth_key_spki: Vec<u8>,
+    /// End of the certificate's validity, Unix seconds: a session must not
+    /// outlive it.
+    pub not_after: i64,
 }
 
 impl VerifiedPeer {
@@ -41,7 +44,7 @@ impl VerifiedPeer {
             insecure_platform,
             platform_instance,
             auth_key,
-            ..
+            not_after,
         } = verify_admission_certificate(end_entity.as_ref(), policy_key, now)?;
         let auth_key_spki = auth_key
             .ec_spki_der()
@@ -53,6 +56,7 @@ impl VerifiedPeer {
             platform_instance,
             auth_key,
             auth_key_spki,
+            not_after,
         })
     }
 }

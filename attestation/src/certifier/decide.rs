@@ -163,20 +163,46 @@ fn platform_key(k: &PublicKey) -> Option<PlatformKey> {
     }
 }
 
-/// Decide whether the holder of `auth_key` who sent `token` in answer to
-/// `nonce` is admitted for `role`.
-pub fn decide(
-    policy: &Policy,
+/// Platform evidence that verified with a policy platform key and passed
+/// that entry's appraisal (emulated-evidence rule, firmware reference
+/// values): steps 1–3, shared by admission ([`decide`]) and by fresh
+/// evidence on attested-TLS sessions (`atls::fresh`), so the two cannot
+/// drift. Built only by [`appraise_platform`].
+#[derive(Debug)]
+pub struct AppraisedEvidence<'p> {
+    token: VerifiedCcaToken,
+    platform: &'p TrustedPlatform,
+    insecure: Option<Insecurity>,
+}
+
+impl<'p> AppraisedEvidence<'p> {
+    /// The verified token.
+    pub fn token(&self) -> &VerifiedCcaToken {
+        &self.token
+    }
+    /// The policy entry whose key verified it.
+    pub fn platform(&self) -> &'p TrustedPlatform {
+        self.platform
+    }
+    /// Why the evidence could have been forged, if it could.
+    pub fn insecure(&self) -> Option<Insecurity> {
+        self.insecure
+    }
+    /// The verified token, consumed.
+    pub fn into_token(self) -> VerifiedCcaToken {
+        self.token
+    }
+}
+
+/// Steps 1–3 of the admission decision: find the policy platform key that
+/// verifies `token` (with `options`' challenge), refuse emulated evidence
+/// through an entry not marked so, derive the INSECURE mark, and appraise
+/// firmware against that entry's reference values.
+pub fn appraise_platform<'p>(
+    policy: &'p Policy,
     token: &[u8],
-    nonce: &[u8],
-    auth_key: &PublicKey,
-    role: &Role,
-) -> Result<Admitted, Refusal> {
-    let spki = auth_key.ec_spki_der().ok_or(Refusal::BadAuthKey)?;
-    let options = VerifyOptions {
-        expected_challenge: Some(admission_challenge(nonce, &spki)),
-        ..Default::default()
-    };
+    options: &VerifyOptions,
+) -> Result<AppraisedEvidence<'p>, Refusal> {
     let parsed = cca::parse(token).map_err(|e| Refusal::Evidence(e.into()))?;
 
     // 1. Find the trusted platform key that signed the platform token.
@@ -185,7 +211,7 @@ pub fn decide(
         let Some(cpak) = platform_key(&platform.cpak) else {
             continue;
         };
-        match cca::verify(parsed.clone(), &cpak, &options) {
+        match cca::verify(parsed.clone(), &cpak, options) {
             Ok(v) => {
                 verified = Some((v, platform));
                 break;
@@ -213,6 +239,32 @@ pub fn decide(
     if !platform.skip_sw_components {
         appraise_components(policy, platform, &token)?;
     }
+    Ok(AppraisedEvidence {
+        token,
+        platform,
+        insecure,
+    })
+}
+
+/// Decide whether the holder of `auth_key` who sent `token` in answer to
+/// `nonce` is admitted for `role`.
+pub fn decide(
+    policy: &Policy,
+    token: &[u8],
+    nonce: &[u8],
+    auth_key: &PublicKey,
+    role: &Role,
+) -> Result<Admitted, Refusal> {
+    let spki = auth_key.ec_spki_der().ok_or(Refusal::BadAuthKey)?;
+    let options = VerifyOptions {
+        expected_challenge: Some(admission_challenge(nonce, &spki)),
+        ..Default::default()
+    };
+    let AppraisedEvidence {
+        token,
+        platform,
+        insecure,
+    } = appraise_platform(policy, token, &options)?;
 
     // 4 and 5. Revocation, then the role.
     let rim = token.realm().rim.as_bytes().to_vec();
