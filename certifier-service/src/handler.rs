@@ -124,6 +124,7 @@ impl Service {
                 );
             }
         }
+        dir.ensure_policy_object(now)?;
         let (audit, cut) = AuditLog::open(&dir.path("audit.log"))?;
         if cut > 0 {
             warn!(
@@ -208,6 +209,15 @@ impl Service {
                 Ok(nonce) => succeeded(echo, nonce.to_vec()),
                 Err(e) => failed(echo, e.into()),
             },
+            Some(PURPOSE_SIGNED_POLICY) => {
+                match std::fs::read(self.dir.path("policy_object.bin")) {
+                    Ok(bytes) => succeeded(echo, bytes),
+                    Err(e) => failed(
+                        echo,
+                        Failure::new("internal", format!("policy object unavailable: {e}")),
+                    ),
+                }
+            }
             Some(PURPOSE_POLICY) => match std::fs::read(self.dir.path("policy.bin")) {
                 Ok(bytes) => succeeded(echo, bytes),
                 Err(e) => failed(

@@ -5,6 +5,7 @@
 //! | `policy_key.pem` | the policy private key (PKCS#8, P-256), mode 0600 |
 //! | `policy_cert.der` | self-signed policy certificate (raw DER, as the framework stores it) |
 //! | `policy.bin` | the policy: a framework `signed_claim_sequence` |
+//! | `policy_object.bin` | the same statements as one signed, versioned object (`policy_object`), re-signed one version up after every change; what our peers fetch |
 //! | `audit.log` | one JSON line per admission decision, append-only |
 //!
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
@@ -22,6 +23,7 @@ use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
 use attestation::certifier::keys::{PublicKey, SigningKey};
 use attestation::certifier::policy::{Policy, Role, descriptor, platform_fingerprint};
+use attestation::certifier::policy_object::{SignedPolicyMessage, sign_policy};
 use attestation::certifier::proto::{SignedClaimSequence, decode_bounded};
 use prost::Message;
 
@@ -80,6 +82,7 @@ impl ServiceDir {
             &d.path("policy.bin"),
             &SignedClaimSequence::default().encode_to_vec(),
         )?;
+        d.sign_policy_object(now)?;
         if let Some(cpak) = insecure_platform {
             let flags = format!(
                 "{};{};{}",
@@ -179,6 +182,7 @@ impl ServiceDir {
         d.write_policy_key(&pkcs8)?;
         write_atomic(&d.path("policy_cert.der"), policy_cert_der)?;
         write_atomic(&d.path("policy.bin"), &kept.encode_to_vec())?;
+        d.sign_policy_object(now)?;
         let policy = d.policy(now)?;
         report.measurements = policy.framework_measurements().len();
         report.platforms = policy.vse_platforms().len();
@@ -243,7 +247,39 @@ impl ServiceDir {
         .context("signing the policy statement")?;
         let mut seq = self.policy_sequence()?;
         seq.claims.push(claim);
-        write_atomic(&self.path("policy.bin"), &seq.encode_to_vec())
+        write_atomic(&self.path("policy.bin"), &seq.encode_to_vec())?;
+        self.sign_policy_object(now)?;
+        Ok(())
+    }
+
+    /// The last signed policy object, if there is a readable one.
+    fn last_policy_object(&self) -> Option<SignedPolicyMessage> {
+        let bytes = fs::read(self.path("policy_object.bin")).ok()?;
+        decode_bounded(&bytes).ok()
+    }
+
+    /// Sign `policy.bin` as the policy object one version above the last one
+    /// (issue time never going back), and write it. Returns the version.
+    pub fn sign_policy_object(&self, now: i64) -> Result<u64> {
+        let claims = fs::read(self.path("policy.bin")).context("reading policy.bin")?;
+        let last = self.last_policy_object();
+        let version = last.as_ref().map_or(0, |m| m.version) + 1;
+        let issued_at = last.as_ref().map_or(now, |m| m.issued_at.max(now));
+        let object = sign_policy(&self.signing_key()?, version, issued_at, claims)
+            .context("signing the policy object")?;
+        write_atomic(&self.path("policy_object.bin"), &object.encode_to_vec())?;
+        Ok(version)
+    }
+
+    /// Re-sign the policy object if it is missing or does not hold exactly
+    /// `policy.bin` (a directory from before the object existed, or a crash
+    /// between the two writes).
+    pub fn ensure_policy_object(&self, now: i64) -> Result<()> {
+        let claims = fs::read(self.path("policy.bin")).context("reading policy.bin")?;
+        match self.last_policy_object() {
+            Some(m) if m.claims == claims => Ok(()),
+            _ => self.sign_policy_object(now).map(|_| ()),
+        }
     }
 
     /// Trust `measurement` for `role` (optionally only with personalization

@@ -20,6 +20,7 @@ use crate::certifier::admission::CertError;
 use crate::certifier::client::{Client, ClientError};
 use crate::certifier::keys::{KeyError, SigningKey};
 use crate::certifier::policy::{Policy, Role};
+use crate::certifier::policy_object::{PolicyFloor, PolicyObjectError};
 use crate::platform::EvidenceSource;
 
 /// Why a party could not start.
@@ -105,7 +106,9 @@ impl Admitted {
 
     /// Re-read the policy every `every` and apply its revocations, so a
     /// measurement revoked at the certifier is refused by this party's TLS
-    /// verifiers within one interval. A failed refresh keeps the last list.
+    /// verifiers within one interval. A failed refresh keeps the last list;
+    /// an older policy version than the newest accepted is refused, and a
+    /// revocation once seen is never dropped.
     pub fn keep_revocations_current(&self, every: Duration) -> JoinHandle<()> {
         let (revoked, current, client, key) = (
             self.revoked.clone(),
@@ -119,7 +122,9 @@ impl Admitted {
                 match client.policy(&key).await {
                     Ok(p) => {
                         revoked.update_from_policy(&p);
-                        current.replace(p);
+                        if let Err(e) = current.offer(p) {
+                            warn!("refused the served policy (keeping the last one): {e}");
+                        }
                     }
                     Err(e) => warn!("could not refresh revocations (keeping the last list): {e}"),
                 }
@@ -129,21 +134,26 @@ impl Admitted {
 }
 
 /// The verified policy a running party appraises fresh evidence with,
-/// replaced whole when a newer one has been fetched and verified.
+/// replaced whole when a newer one has been fetched and verified; an older
+/// version than the newest accepted is refused (`PolicyFloor`).
 #[derive(Debug, Clone)]
-pub struct CurrentPolicy(Arc<RwLock<Arc<Policy>>>);
+pub struct CurrentPolicy(Arc<RwLock<(Arc<Policy>, PolicyFloor)>>);
 
 impl CurrentPolicy {
     /// Start from `policy`.
     pub fn new(policy: Policy) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(policy))))
+        let floor = PolicyFloor::new(policy.version());
+        Self(Arc::new(RwLock::new((Arc::new(policy), floor))))
     }
     /// The policy now.
     pub fn get(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
-    /// Use `policy` from now on.
-    pub fn replace(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    /// Use `policy` from now on, unless it is older than one already accepted.
+    pub fn offer(&self, policy: Policy) -> Result<(), PolicyObjectError> {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        guard.1.accept(&policy)?;
+        guard.0 = Arc::new(policy);
+        Ok(())
     }
 }

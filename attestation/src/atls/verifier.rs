@@ -136,17 +136,15 @@ impl RevocationList {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Replace the list with the revocations of a verified policy.
+    /// Add the revocations of a verified policy. Nothing is ever removed: a
+    /// revocation once seen stays for the life of the process, even if a
+    /// later policy (replayed, or cut in transit) lacks it.
     pub fn update_from_policy(&self, policy: &Policy) {
-        let set = policy
-            .revocations()
-            .iter()
-            .map(|r| r.measurement.clone())
-            .collect();
-        *self
+        let mut set = self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.extend(policy.revocations().iter().map(|r| r.measurement.clone()));
     }
     /// Add one measurement.
     pub fn revoke(&self, measurement: Vec<u8>) {

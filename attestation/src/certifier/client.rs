@@ -128,10 +128,34 @@ impl Client {
         Self::artifact(self.exchange(&request).await?)
     }
 
-    /// Fetch the service's current policy and verify every claim with
-    /// `policy_key` (the key of the policy certificate this party trusts).
-    /// Peers use it for revocations and trusted platform keys.
+    /// Fetch the service's current signed policy object and verify it and
+    /// every claim in it with `policy_key` (the key of the policy
+    /// certificate this party trusts). Peers use it for revocations and
+    /// trusted platform keys; they compare its `version()` with the newest
+    /// they accepted (`policy_object::PolicyFloor`).
     pub async fn policy(
+        &self,
+        policy_key: &PublicKey,
+    ) -> Result<super::policy::Policy, ClientError> {
+        let bytes = self.policy_object_bytes().await?;
+        super::policy_object::verify_policy(&bytes, policy_key, unix_now())
+            .map_err(|e| ClientError::Protocol(format!("the served policy was refused: {e}")))
+    }
+
+    /// The signed policy object as served, unverified (for tools and tests).
+    pub async fn policy_object_bytes(&self) -> Result<Vec<u8>, ClientError> {
+        let request = TrustRequestMessage {
+            submitted_evidence_type: Some(EVIDENCE_TYPE_CCA.into()),
+            purpose: Some(PURPOSE_SIGNED_POLICY.into()),
+            ..Default::default()
+        };
+        Self::artifact(self.exchange(&request).await?)
+    }
+
+    /// The framework's bare `signed_claim_sequence`, each claim verified
+    /// with `policy_key`. Only for framework compatibility: its statements
+    /// can be dropped or replayed in transit undetected; use [`Client::policy`].
+    pub async fn framework_policy(
         &self,
         policy_key: &PublicKey,
     ) -> Result<super::policy::Policy, ClientError> {

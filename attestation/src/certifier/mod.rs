@@ -21,6 +21,7 @@ pub mod json;
 pub mod keys;
 pub mod nonce;
 pub mod policy;
+pub mod policy_object;
 pub mod proof;
 pub mod proto;
 pub mod protocol;

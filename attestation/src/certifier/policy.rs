@@ -250,6 +250,10 @@ pub struct Policy {
     revoked: Vec<Revocation>,
     vse_platforms: Vec<VsePlatform>,
     framework_measurements: Vec<FrameworkMeasurement>,
+    /// Version and issue time of the signed policy object it came from
+    /// (0 and 0 for a bare framework claim sequence).
+    version: u64,
+    issued_at: i64,
 }
 
 impl Policy {
@@ -268,6 +272,8 @@ impl Policy {
             revoked: Vec::new(),
             vse_platforms: Vec::new(),
             framework_measurements: Vec::new(),
+            version: 0,
+            issued_at: 0,
         };
         for (index, scm) in seq.claims.iter().enumerate() {
             let vc =
@@ -405,6 +411,22 @@ impl Policy {
             (other, _) => return Err(unrecognised(&format!("verb {other:?}"))),
         }
         Ok(())
+    }
+
+    /// Set by `policy_object::verify_policy` only: the object's version and
+    /// issue time.
+    pub(crate) fn with_version(mut self, version: u64, issued_at: i64) -> Self {
+        self.version = version;
+        self.issued_at = issued_at;
+        self
+    }
+    /// The signed object's version (0 when loaded from a bare sequence).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    /// When the signed object was issued, Unix seconds (0 for a bare sequence).
+    pub fn issued_at(&self) -> i64 {
+        self.issued_at
     }
 
     /// The key every claim is signed with.

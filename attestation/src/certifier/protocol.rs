@@ -11,6 +11,10 @@ pub const PURPOSE_NONCE: &str = "nonce";
 /// is the `signed_claim_sequence`; peers verify it with the policy key and
 /// take revocations and platform keys from it.
 pub const PURPOSE_POLICY: &str = "policy";
+/// `purpose` asking for the signed, versioned policy object (extension;
+/// `policy_object`). Peers of ours use this one: the bare sequence can be
+/// cut or replayed in transit without any claim failing.
+pub const PURPOSE_SIGNED_POLICY: &str = "signed-policy";
 /// `purpose` asking for an admission certificate (framework).
 pub const PURPOSE_AUTHENTICATION: &str = "authentication";
 /// `purpose` asking for the platform rule "policyKey says appKey
