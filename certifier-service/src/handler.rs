@@ -59,6 +59,9 @@ pub struct Service {
     settings: Settings,
 }
 
+/// The refusal code of a grant whose audit record could not be written.
+pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+
 /// A refusal on the wire: `<code>: <reason>`.
 struct Failure {
     code: String,
@@ -268,7 +271,7 @@ impl Service {
         let mut record =
             AuditRecord::new(now, peer.to_string(), vse::EVIDENCE_TYPE, "no-freshness");
         let result = self.framework_inner(request, goal, peer, now, &mut record);
-        self.audit(&mut record, &result);
+        let result = self.audit(&mut record, result);
         match &result {
             Ok(_) => {
                 warn!(%peer, measurement = %record.measurement, purpose = ?goal, "admitted a Certifier Framework app on nonce-less evidence (no-freshness: it could have been replayed)");
@@ -337,9 +340,15 @@ impl Service {
     }
 
     /// Record the decision in `result` in `record` and append it to the
-    /// audit log (a failing log is reported, never fatal to the request).
-    fn audit(&self, record: &mut AuditRecord, result: &Result<Vec<u8>, Failure>) {
-        match result {
+    /// audit log. A grant whose record is not durably written is not made:
+    /// it becomes an `audit-unavailable` refusal. A refusal whose record
+    /// cannot be written is still a refusal (the failure is logged).
+    fn audit(
+        &self,
+        record: &mut AuditRecord,
+        result: Result<Vec<u8>, Failure>,
+    ) -> Result<Vec<u8>, Failure> {
+        match &result {
             Ok(_) => {
                 record.verdict = "admit";
                 record.code = "admitted".into();
@@ -349,8 +358,21 @@ impl Service {
                 record.reason = f.reason.clone();
             }
         }
-        if let Err(e) = lock(&self.audit).append(record) {
-            warn!("{e:#}");
+        match (lock(&self.audit).append(record), result) {
+            (Ok(()), result) => result,
+            (Err(e), Ok(_)) => {
+                warn!(peer = %record.peer, role = %record.role, measurement = %record.measurement, "NOT granted: its audit record could not be written: {e}");
+                Err(Failure::new(
+                    AUDIT_UNAVAILABLE,
+                    format!(
+                        "the service could not durably record this admission ({e}), so it was not granted; retry once the operator has freed space in the service directory"
+                    ),
+                ))
+            }
+            (Err(e), Err(f)) => {
+                warn!(peer = %record.peer, code = %f.code, "refusal not recorded in the audit log: {e}");
+                Err(f)
+            }
         }
     }
 
@@ -362,7 +384,7 @@ impl Service {
     ) -> Result<Vec<u8>, Failure> {
         let mut record = AuditRecord::new(now, peer.to_string(), EVIDENCE_TYPE_CCA, "nonce");
         let result = self.authenticate_inner(request, peer, now, &mut record);
-        self.audit(&mut record, &result);
+        let result = self.audit(&mut record, result);
         match &result {
             Ok(_) => {
                 info!(%peer, role = %record.role, measurement = %record.measurement, insecure = record.insecure, insecure_reason = %record.insecure_reason, "admitted")

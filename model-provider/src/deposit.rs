@@ -4,8 +4,12 @@
 //!
 //! Must never: accept a deposit for a model id that is not a configured
 //! federated task (a runtime must not replace a provider's own model), from
-//! a peer that is not an admitted runtime with an allowed measurement, or
-//! with a key that does not match its stated key id.
+//! a peer that is not an admitted runtime with an allowed measurement, with
+//! a key that does not match its stated key id, or with a version (the round
+//! that produced it) not greater than the task's current one — a restarted
+//! or rolled-back runtime must not put an older model on top of a newer one.
+//! The current version is the highest one in the keystore, which keeps every
+//! deposit (retired or not), so a provider restart does not forget it.
 
 use attestation::atls::VerifiedPeer;
 use attestation::certifier::policy::Role;
@@ -38,6 +42,56 @@ pub enum Refused {
     /// Key and key id disagree, or the key has the wrong length.
     #[error("the deposited key does not match its key id")]
     Key,
+    /// The version is not a round number.
+    #[error("deposit version {0:?} is not a round number")]
+    Version(String),
+    /// The task already has this version or a newer one.
+    #[error(
+        "version {offered} is not newer than the task's current version {current}; resume the task from round {next}",
+        next = current + 1
+    )]
+    VersionNotNewer {
+        /// The version deposited.
+        offered: u64,
+        /// The task's current version.
+        current: u64,
+    },
+}
+
+impl Refused {
+    /// Stable short code, sent to the runtime as `<code>: <reason>`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::NotATask(_) => "deposit-not-a-task",
+            Refused::Role(_) => "deposit-role",
+            Refused::Measurement(_) => "deposit-measurement",
+            Refused::Key => "deposit-key",
+            Refused::Version(_) => "deposit-version-invalid",
+            Refused::VersionNotNewer { .. } => "deposit-version-not-newer",
+        }
+    }
+}
+
+/// Check a deposit's version against the task's `current` one (`None`:
+/// nothing deposited yet); returns the version.
+pub fn check_version(version: &str, current: Option<u64>) -> Result<u64, Refused> {
+    // Plain decimal digits only: "+5" or "05" would sort oddly elsewhere.
+    let offered = version
+        .parse::<u64>()
+        .ok()
+        .filter(|v| v.to_string() == version)
+        .ok_or_else(|| Refused::Version(version.chars().take(32).collect()))?;
+    match current {
+        Some(current) if offered <= current => Err(Refused::VersionNotNewer { offered, current }),
+        _ => Ok(offered),
+    }
+}
+
+/// The answer to a runtime's `BundleQuery` for a configured federated task
+/// that has no global model yet: "nothing deposited", distinct from a
+/// refusal, so a starting runtime knows to begin at round 1.
+pub fn nothing_deposited(intake: &Intake, peer: &VerifiedPeer, model_id: &str) -> bool {
+    peer.role == Role::runtime() && intake.tasks.iter().any(|t| t == model_id)
 }
 
 /// Check a deposit; returns the key to store.
@@ -130,5 +184,28 @@ mod tests {
         );
         // Nothing configured: nothing accepted.
         assert!(check(&Intake::default(), &rt, "digits-fl", &id, &k).is_err());
+    }
+
+    #[test]
+    fn a_deposit_must_be_newer_than_the_current_version() {
+        assert_eq!(check_version("1", None), Ok(1));
+        assert_eq!(check_version("6", Some(5)), Ok(6));
+        for (v, current) in [("1", 5), ("5", 5)] {
+            let e = check_version(v, Some(current)).unwrap_err();
+            assert_eq!(e.code(), "deposit-version-not-newer");
+            assert_eq!(
+                e,
+                Refused::VersionNotNewer {
+                    offered: v.parse().unwrap(),
+                    current
+                }
+            );
+        }
+        for bad in ["", "v2", "-1", "+7", "07", "1.0", "99999999999999999999999"] {
+            assert!(
+                matches!(check_version(bad, None), Err(Refused::Version(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -224,6 +224,17 @@ impl Keystore {
             .find(|e| e.model_id == model_id && !e.retired)
     }
 
+    /// The highest round-number version ever stored for `model_id`
+    /// (retired entries included; versions that are not round numbers, as
+    /// a provider's own models may carry, are not counted).
+    pub fn highest_version(&self, model_id: &str) -> Option<u64> {
+        self.entries
+            .iter()
+            .filter(|e| e.model_id == model_id)
+            .filter_map(|e| e.version.parse::<u64>().ok())
+            .max()
+    }
+
     fn aad(model_id: &str, key_id: &str) -> Vec<u8> {
         format!("cca-ml keystore v1|{model_id}|{key_id}").into_bytes()
     }
@@ -263,7 +274,11 @@ impl Keystore {
             retired: false,
             wrapped_key: hex::encode(wrapped),
         });
-        self.save()
+        // An entry that is not on disk must not count (e.g. as a task's
+        // current version for the deposit check).
+        self.save().inspect_err(|_| {
+            self.entries.pop();
+        })
     }
 
     /// Retire every current entry of `model_id` (after a rotation).

@@ -263,6 +263,14 @@ where
                         .ok_or(Denial::UnknownModel)
                         .and_then(|e| allowed(e, peer, &usage).map(|()| e));
                     match answer {
+                        Err(Denial::UnknownModel)
+                            if crate::deposit::nothing_deposited(intake, peer, &model_id) =>
+                        {
+                            Message::error(
+                                ErrorCode::NotFound,
+                                "no global model of this federated task has been deposited yet",
+                            )
+                        }
                         Ok(e) => {
                             match hex::decode(&e.bundle).ok().and_then(|h| h.try_into().ok()) {
                                 Some(bundle_hash) => Message::SealedModelAnnouncement {
@@ -292,50 +300,16 @@ where
                 key_id,
                 key,
             } => {
-                let reply = match crate::deposit::check(
+                let reply = deposit_reply(
                     intake,
                     peer,
-                    &model_id,
+                    keystore,
+                    model_id,
+                    version,
+                    bundle_hash,
                     &key_id,
                     key.expose(),
-                ) {
-                    Ok(key) => {
-                        let mut ks = keystore.lock().unwrap_or_else(|p| p.into_inner());
-                        let bundle = hex::encode(bundle_hash);
-                        let created = unix_now().max(0) as u64;
-                        match ks
-                            .add(
-                                &model_id,
-                                &version,
-                                &bundle,
-                                &key,
-                                created,
-                                crate::deposit::release_rule(),
-                            )
-                            .and_then(|()| ks.retire(&model_id, &bundle))
-                        {
-                            Ok(()) => {
-                                info!(model = %model_id, %version, %bundle, measurement = %hex::encode(&peer.measurement),
-                                      "federated global model deposited");
-                                Message::SealedModelAnnouncement {
-                                    model_id,
-                                    version,
-                                    bundle_hash,
-                                    size: 0,
-                                }
-                            }
-                            Err(e) => {
-                                warn!(model = %model_id, "deposit could not be stored: {e:#}");
-                                Message::error(ErrorCode::Internal, "deposit not stored")
-                            }
-                        }
-                    }
-                    Err(why) => {
-                        warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
-                              "deposit refused: {why}");
-                        Message::error(ErrorCode::Refused, "deposit not accepted")
-                    }
-                };
+                );
                 framed.send(&reply).await?;
             }
             other => {
@@ -351,6 +325,66 @@ where
                 }
                 .into());
             }
+        }
+    }
+}
+
+/// Check and store a runtime's deposit of a federated global model; the
+/// reply to send. The version check runs under the keystore lock, so two
+/// deposits cannot both pass as newer than the same current version.
+#[allow(clippy::too_many_arguments)]
+fn deposit_reply(
+    intake: &crate::deposit::Intake,
+    peer: &VerifiedPeer,
+    keystore: &std::sync::Mutex<Keystore>,
+    model_id: String,
+    version: String,
+    bundle_hash: [u8; 32],
+    key_id: &[u8; 16],
+    key: &[u8],
+) -> Message {
+    let key = match crate::deposit::check(intake, peer, &model_id, key_id, key) {
+        Ok(key) => key,
+        Err(why) => {
+            warn!(model = %model_id, role = %peer.role, measurement = %hex::encode(&peer.measurement),
+                  "deposit refused: {why}");
+            return Message::error(ErrorCode::Refused, "deposit not accepted");
+        }
+    };
+    let mut ks = keystore.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(why) = crate::deposit::check_version(&version, ks.highest_version(&model_id)) {
+        warn!(model = %model_id, measurement = %hex::encode(&peer.measurement),
+              code = why.code(), "deposit refused: {why}");
+        // The runtime needs the versions to resume; they are no secret to
+        // a runtime allowed to deposit.
+        return Message::error(ErrorCode::Refused, format!("{}: {why}", why.code()));
+    }
+    let bundle = hex::encode(bundle_hash);
+    let created = unix_now().max(0) as u64;
+    match ks
+        .add(
+            &model_id,
+            &version,
+            &bundle,
+            &key,
+            created,
+            crate::deposit::release_rule(),
+        )
+        .and_then(|()| ks.retire(&model_id, &bundle))
+    {
+        Ok(()) => {
+            info!(model = %model_id, %version, %bundle, measurement = %hex::encode(&peer.measurement),
+                  "federated global model deposited");
+            Message::SealedModelAnnouncement {
+                model_id,
+                version,
+                bundle_hash,
+                size: 0,
+            }
+        }
+        Err(e) => {
+            warn!(model = %model_id, "deposit could not be stored: {e:#}");
+            Message::error(ErrorCode::Internal, "deposit not stored")
         }
     }
 }

@@ -5,9 +5,15 @@
 //! when a round is ready the configured rule aggregates (clipping, optional
 //! noise) and the next round starts from the new global model.
 //!
+//! A task (re)starts from the last global model it deposited with the
+//! provider: that round's sealed bundle from the blob store, opened with its
+//! key from the provider, continuing at the next round; so a runtime crash
+//! loses at most the round in progress, never acknowledged ones.
+//!
 //! Must never: let one device's refused update stop the round, wait beyond
-//! the deadline for a device that dropped out, or aggregate an update the
-//! round refused.
+//! the deadline for a device that dropped out, aggregate an update the
+//! round refused, or start a task over from round 1 when the provider holds
+//! a global model of it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +28,8 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use blob_store::{AnyStore, BlobId, BlobStore};
-use protocol::sealed::{BundleMeta, DEFAULT_CHUNK_SIZE, ModelKey, seal_bytes};
+use protocol::KeyUsage;
+use protocol::sealed::{BundleMeta, DEFAULT_CHUNK_SIZE, ModelKey, open_to_vec, seal_bytes};
 
 use crate::provider::ProviderClient;
 
@@ -82,6 +89,68 @@ impl Publisher {
             .deposit(task, &meta.version, &bundle, &key)
             .await?;
         Ok(bundle)
+    }
+}
+
+/// Largest sealed global model a restarting task loads (FL models are small).
+const MAX_GLOBAL_MODEL: u64 = 64 << 20;
+
+/// Where a task starts: the last round it completed and that round's global
+/// model, as deposited with the provider.
+#[derive(Debug)]
+pub struct Resume {
+    /// The last completed round (the deposited version).
+    pub completed: u64,
+    /// Its global model.
+    pub global: Params,
+}
+
+impl Publisher {
+    /// The last global model of `task` deposited with the provider, if
+    /// any. An error (provider unreachable, key refused, bundle missing or
+    /// not this task's) means the task must not start: starting over would
+    /// roll the model back.
+    pub async fn last_deposited(&self, task: &str, arch: &Arch) -> anyhow::Result<Option<Resume>> {
+        use anyhow::Context;
+        let Some((version, bundle)) = self
+            .provider
+            .current_global(task)
+            .await
+            .context("asking the model provider for the task's current global model")?
+        else {
+            return Ok(None);
+        };
+        let completed: u64 = version.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "the provider's current model of task {task:?} has version {version:?}, not a round number"
+            )
+        })?;
+        let (key, _) = self
+            .provider
+            .key_for(task, &bundle, KeyUsage::FederatedRound)
+            .await
+            .context("getting the key of the task's current global model")?;
+        let sealed = self
+            .store
+            .get_bytes(&bundle, MAX_GLOBAL_MODEL)
+            .await
+            .with_context(|| format!("fetching global model bundle {}", bundle.to_hex()))?;
+        let (onnx, summary) = open_to_vec(&sealed[..], &key, MAX_GLOBAL_MODEL)
+            .map_err(|e| anyhow::anyhow!("opening global model bundle {}: {e}", bundle.to_hex()))?;
+        if summary.header.model_id() != task || summary.header.model_version() != version {
+            anyhow::bail!(
+                "bundle {} holds {:?} version {:?}, not task {task:?} version {version:?}",
+                bundle.to_hex(),
+                summary.header.model_id(),
+                summary.header.model_version()
+            );
+        }
+        let global = onnx_model::read_params(&onnx)
+            .map_err(|e| anyhow::anyhow!("the deposited global model: {e}"))?;
+        global.check_matches(arch).map_err(|e| {
+            anyhow::anyhow!("the deposited global model does not fit --fl-arch: {e}")
+        })?;
+        Ok(Some(Resume { completed, global }))
     }
 }
 
@@ -153,22 +222,31 @@ fn round_info(
 }
 
 impl Coordinator {
-    /// Start round 1 from a freshly initialised global model.
-    pub fn start(config: FlConfig, publisher: Option<Arc<Publisher>>) -> anyhow::Result<Arc<Self>> {
+    /// Start the round after `resume` from its global model, or round 1
+    /// from a freshly initialised one.
+    pub fn start(
+        config: FlConfig,
+        publisher: Option<Arc<Publisher>>,
+        resume: Option<Resume>,
+    ) -> anyhow::Result<Arc<Self>> {
         let rng = StdRng::try_from_rng(&mut SysRng)
             .map_err(|e| anyhow::anyhow!("the system random source failed: {e}"))?;
-        let global = init(&config.arch, 1)?;
+        let (completed, global) = match resume {
+            Some(r) => (r.completed, r.global),
+            None => (0, init(&config.arch, 1)?),
+        };
+        let first = completed + 1;
         let now = Instant::now();
-        let info = round_info(1, &global, &config.arch, now + config.deadline)?;
-        let round = Round::new(1, round_config(&config, &global), now);
-        let (changed, _) = watch::channel(1);
+        let info = round_info(first, &global, &config.arch, now + config.deadline)?;
+        let round = Round::new(first, round_config(&config, &global), now);
+        let (changed, _) = watch::channel(first);
         let this = Arc::new(Self {
             state: Mutex::new(State {
                 global,
                 round,
                 info,
                 rng,
-                completed: 0,
+                completed,
             }),
             config,
             publisher,
@@ -183,7 +261,11 @@ impl Coordinator {
                 }
             }
         });
-        info!(task = %this.config.task, "federated learning: round 1 open");
+        if completed > 0 {
+            info!(task = %this.config.task, completed, "federated learning: resumed from the provider's global model version {completed}; round {first} open");
+        } else {
+            info!(task = %this.config.task, "federated learning: round 1 open");
+        }
         Ok(this)
     }
 

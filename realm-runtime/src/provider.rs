@@ -1,5 +1,7 @@
 //! The runtime's side of key release: ask the model provider, over attested
-//! TLS, for a model's key for remote inference.
+//! TLS, for a model's key for remote inference (or, for a federated task,
+//! for its current global model to resume from), and deposit new global
+//! models.
 //!
 //! Must never: send a key request to anything but an admitted `provider`
 //! (the TLS verifier checks the role in its certificate), or keep a key
@@ -36,7 +38,19 @@ pub enum KeyError {
     /// The provider sent something that is not a usable key.
     #[error("the model provider sent an unusable key: {0}")]
     BadKey(&'static str),
+    /// The provider already holds this global model version or a newer one.
+    #[error("the model provider refused the global model of {model_id:?}: {detail}")]
+    VersionNotNewer {
+        /// The task.
+        model_id: String,
+        /// The provider's reason (names both versions).
+        detail: String,
+    },
 }
+
+/// The code a provider puts before a refused deposit's reason when the
+/// task already holds that version or a newer one.
+pub const DEPOSIT_VERSION_NOT_NEWER: &str = "deposit-version-not-newer";
 
 /// A connection recipe for the provider.
 #[derive(Clone)]
@@ -119,11 +133,59 @@ impl ProviderClient {
             Message::SealedModelAnnouncement { bundle_hash, .. } if bundle_hash == bundle.0 => {
                 Ok(())
             }
-            Message::Error { .. } => Err(KeyError::Refused(model_id.to_string())),
+            Message::Error { message, .. } => match message
+                .strip_prefix(DEPOSIT_VERSION_NOT_NEWER)
+                .and_then(|m| m.strip_prefix(": "))
+            {
+                Some(detail) => Err(KeyError::VersionNotNewer {
+                    model_id: model_id.to_string(),
+                    detail: detail.chars().take(256).collect(),
+                }),
+                None => Err(KeyError::Refused(model_id.to_string())),
+            },
             other => Err(KeyError::Protocol(ProtocolError::UnexpectedMessage {
                 expected: "SealedModelAnnouncement",
                 got: other.kind(),
             })),
+        }
+    }
+
+    /// The current global model of federated task `task` at the provider:
+    /// its version and bundle, or `None` if nothing was deposited yet.
+    pub async fn current_global(&self, task: &str) -> Result<Option<(String, BlobId)>, KeyError> {
+        let mut framed = self.session().await?;
+        framed
+            .send(&Message::BundleQuery {
+                model_id: task.to_string(),
+                usage: KeyUsage::FederatedRound,
+            })
+            .await?;
+        let reply = framed.recv().await?;
+        let _ = framed.shutdown().await;
+        match reply {
+            Message::SealedModelAnnouncement {
+                model_id,
+                version,
+                bundle_hash,
+                ..
+            } if model_id == task => Ok(Some((version, BlobId(bundle_hash)))),
+            Message::Error {
+                code: ErrorCode::NotFound,
+                ..
+            } => Ok(None),
+            Message::Error {
+                code: ErrorCode::Refused | ErrorCode::NotAdmitted,
+                ..
+            } => Err(KeyError::Refused(task.to_string())),
+            other => Err(other.as_remote_error().map_or_else(
+                || {
+                    KeyError::Protocol(ProtocolError::UnexpectedMessage {
+                        expected: "SealedModelAnnouncement",
+                        got: other.kind(),
+                    })
+                },
+                KeyError::Protocol,
+            )),
         }
     }
 
@@ -133,12 +195,23 @@ impl ProviderClient {
         model_id: &str,
         bundle: &BlobId,
     ) -> Result<(ModelKey, ServingPolicy), KeyError> {
+        self.key_for(model_id, bundle, KeyUsage::RemoteInference)
+            .await
+    }
+
+    /// Get the key of `model_id`'s bundle `bundle` for `usage`.
+    pub async fn key_for(
+        &self,
+        model_id: &str,
+        bundle: &BlobId,
+        usage: KeyUsage,
+    ) -> Result<(ModelKey, ServingPolicy), KeyError> {
         let mut framed = self.session().await?;
         framed
             .send(&Message::ModelKeyRequest {
                 model_id: model_id.to_string(),
                 bundle_hash: bundle.0,
-                usage: KeyUsage::RemoteInference,
+                usage,
             })
             .await?;
         let reply = framed.recv().await?;

@@ -253,7 +253,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 store: AnyStore::open(&cfg.store).context("opening the blob store")?,
                 provider: ProviderClient::new(cfg.provider.clone(), provider_tls.clone()),
             };
-            Some(Coordinator::start(c, Some(Arc::new(publisher)))?)
+            // Resume from the last deposited round: starting over would
+            // roll the task's model back.
+            let resume = publisher.last_deposited(&c.task, &c.arch).await?;
+            Some(Coordinator::start(c, Some(Arc::new(publisher)), resume)?)
         }
         None => None,
     };
