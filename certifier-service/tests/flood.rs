@@ -50,7 +50,16 @@ async fn idle_connections_from_one_source_do_not_keep_others_out() {
         .expect("admitted during an idle flood");
     // ...and the service closed all but its per-source share of the flood
     // at once (before, each held a slot for 10 s and the rest queued).
-    let open = flood::settle(&idle, PER_SOURCE, Duration::from_secs(2)).await;
+    // Most were closed by the time the legitimate party was served (the
+    // listeners used to hold every one for 5-10 s)...
+    let now_open = flood::still_open(&idle);
+    assert!(
+        now_open < idle.len() / 2,
+        "{now_open} idle connections held"
+    );
+    // ...and all but the source's pre-auth share soon after (the rest sat
+    // in the kernel's queue).
+    let open = flood::settle(&idle, PER_SOURCE, flood::SETTLE).await;
     assert!(open <= PER_SOURCE, "{open} idle connections still held");
     drop(idle);
     admit(&c, &dir)

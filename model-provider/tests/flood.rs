@@ -96,7 +96,16 @@ async fn idle_connections_from_one_source_are_closed_and_keys_are_still_released
     assert!(w.key_released().await, "key released during the flood");
     // All but the source's pre-auth share were closed at once (before, the
     // provider kept every one of them for 10 s).
-    let open = flood::settle(&idle, PER_SOURCE, Duration::from_secs(2)).await;
+    // Most were closed by the time the legitimate party was served (the
+    // listeners used to hold every one for 5-10 s)...
+    let now_open = flood::still_open(&idle);
+    assert!(
+        now_open < idle.len() / 2,
+        "{now_open} idle connections held"
+    );
+    // ...and all but the source's pre-auth share soon after (the rest sat
+    // in the kernel's queue).
+    let open = flood::settle(&idle, PER_SOURCE, flood::SETTLE).await;
     assert!(open <= PER_SOURCE, "{open} idle connections still held");
     drop(idle);
     assert!(w.key_released().await, "still serving after the flood");

@@ -137,7 +137,16 @@ async fn idle_connections_from_one_source_do_not_lock_devices_out() {
         idle.len()
     );
     assert!(w.served(&device).await, "device served during the flood");
-    let open = flood::settle(&idle, PER_SOURCE, Duration::from_secs(2)).await;
+    // Most were closed by the time the legitimate party was served (the
+    // listeners used to hold every one for 5-10 s)...
+    let now_open = flood::still_open(&idle);
+    assert!(
+        now_open < idle.len() / 2,
+        "{now_open} idle connections held"
+    );
+    // ...and all but the source's pre-auth share soon after (the rest sat
+    // in the kernel's queue).
+    let open = flood::settle(&idle, PER_SOURCE, flood::SETTLE).await;
     assert!(open <= PER_SOURCE, "{open} idle connections still held");
     // The refusals are counted.
     let text = w.scrape().await;
@@ -180,7 +189,16 @@ async fn idle_connections_to_the_metrics_endpoint_do_not_stop_scrapes() {
     let text = w.scrape().await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("realm_runtime_requests_total"), "{text}");
-    let open = flood::settle(&idle, METRICS_PER_SOURCE, Duration::from_secs(2)).await;
+    // Most were closed by the time the legitimate party was served (the
+    // listeners used to hold every one for 5-10 s)...
+    let now_open = flood::still_open(&idle);
+    assert!(
+        now_open < idle.len() / 2,
+        "{now_open} idle connections held"
+    );
+    // ...and all but the source's pre-auth share soon after (the rest sat
+    // in the kernel's queue).
+    let open = flood::settle(&idle, METRICS_PER_SOURCE, flood::SETTLE).await;
     assert!(
         open <= METRICS_PER_SOURCE,
         "{open} idle connections still held"
