@@ -38,7 +38,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             io_timeout: Duration::from_secs(10),
+            // Each pre-auth connection may announce a frame of up to
+            // MAX_FRAME (1 MiB), so the pool is smaller than elsewhere.
             listen: ListenLimits {
+                pre_auth_total: 256,
                 established_total: 256,
                 ..ListenLimits::default()
             },

@@ -17,8 +17,9 @@ use tokio::net::TcpSocket;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certifier-service");
 
-/// The server's pre-auth share per source (`protocol::ListenLimits`).
-const PER_SOURCE: usize = 16;
+/// The most pre-auth connections one source may hold: half the server's
+/// pre-auth pool (`protocol::ListenLimits`).
+const PER_SOURCE: usize = 128;
 
 fn start(name: &str) -> (TestDir, Certifier) {
     let dir = TestDir::new("certflood", name);

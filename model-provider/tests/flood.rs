@@ -18,8 +18,9 @@ use testkit::{Certifier, Proc, TestDir, sibling_bin, start_provider};
 
 const PROVIDER: &str = env!("CARGO_BIN_EXE_model-provider");
 
-/// The server's pre-auth share per source (`protocol::ListenLimits`).
-const PER_SOURCE: usize = 16;
+/// The most pre-auth connections one source may hold: half the server's
+/// pre-auth pool (`protocol::ListenLimits`).
+const PER_SOURCE: usize = 256;
 
 struct World {
     _dir: TestDir,

@@ -4,7 +4,8 @@
 //! A connection lives in one of two pools. It starts **pre-auth** (accepted,
 //! not yet proven anything: the TLS handshake with a verified peer, or the
 //! certifier's first request frame, has not completed). Pre-auth connections
-//! are capped per source and in total, and each has a short deadline
+//! are capped in total and, once the pool is half full, per source (so one
+//! source holds at most half the pool), and each has a short deadline
 //! ([`ListenLimits::pre_auth_deadline`]) after which it is closed and its
 //! slot freed. A connection that authenticates moves to the **established**
 //! pool, which has its own cap; so a flood of idle or slow TCP connections can
@@ -44,9 +45,12 @@ pub struct ListenLimits {
     /// links while an idle socket holds its slot only briefly.
     pub pre_auth_deadline: Duration,
     /// Pre-auth connections from one source (an IPv4 address or an IPv6
-    /// /64) at once. Default 16.
+    /// /64) at once, once the pre-auth pool is half full. While it is less
+    /// than half full a source may take more (a burst of devices behind one
+    /// NAT address), so one source never holds more than half the pool, or
+    /// this many if that is more. Default 16.
     pub pre_auth_per_source: usize,
-    /// Pre-auth connections at once, all sources together. Default 256.
+    /// Pre-auth connections at once, all sources together. Default 512.
     pub pre_auth_total: usize,
     /// Authenticated connections at once. Default 512.
     pub established_total: usize,
@@ -57,7 +61,7 @@ impl Default for ListenLimits {
         Self {
             pre_auth_deadline: Duration::from_secs(3),
             pre_auth_per_source: 16,
-            pre_auth_total: 256,
+            pre_auth_total: 512,
             established_total: 512,
         }
     }
@@ -111,7 +115,8 @@ impl fmt::Display for Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// The source already holds its share of pre-auth connections.
+    /// The source already holds its share of pre-auth connections, and the
+    /// pool is at least half full.
     #[error(
         "this source already has {limit} connections that have not authenticated; let them finish"
     )]
@@ -177,7 +182,10 @@ impl Admission {
             });
         }
         let held = self.per_source.get(&source).copied().unwrap_or(0);
-        if held >= self.limits.pre_auth_per_source {
+        // Under pressure (half the pool taken) every source is held to its
+        // share; before that a busy source may burst, up to half the pool.
+        let pressure = self.pre_auth >= self.limits.pre_auth_total / 2;
+        if held >= self.limits.pre_auth_per_source && pressure {
             return Err(Refusal::SourceLimit {
                 limit: self.limits.pre_auth_per_source,
             });
@@ -517,20 +525,35 @@ mod tests {
 
     #[test]
     fn one_source_gets_only_its_share_of_the_pre_auth_pool() {
-        let mut a = Admission::new(small());
-        assert_eq!(a.try_pre_auth(v4(2)), Ok(()));
-        assert_eq!(a.try_pre_auth(v4(2)), Ok(()));
+        let limits = ListenLimits {
+            pre_auth_total: 10,
+            ..small()
+        };
+        let mut a = Admission::new(limits);
+        // A quiet pool lets one source burst, up to half of it...
+        for _ in 0..5 {
+            assert_eq!(a.try_pre_auth(v4(2)), Ok(()));
+        }
+        // ...and no further.
         assert_eq!(
             a.try_pre_auth(v4(2)),
             Err(Refusal::SourceLimit { limit: 2 })
         );
-        // Another source is still admitted.
+        // Other sources get the other half, each its share.
         assert_eq!(a.try_pre_auth(v4(1)), Ok(()));
-        assert_eq!(a.pre_auth_from(v4(2)), 2);
-        assert_eq!(a.pre_auth(), 3);
-        // A slot freed by the deadline is available again.
+        assert_eq!(a.try_pre_auth(v4(1)), Ok(()));
+        assert_eq!(
+            a.try_pre_auth(v4(1)),
+            Err(Refusal::SourceLimit { limit: 2 })
+        );
+        assert_eq!(a.try_pre_auth(v4(3)), Ok(()));
+        assert_eq!(a.pre_auth_from(v4(2)), 5);
+        assert_eq!(a.pre_auth(), 8);
+        // A slot freed by the deadline is available again, but under
+        // pressure only to a source within its share.
         a.end_pre_auth(v4(2));
-        assert_eq!(a.try_pre_auth(v4(2)), Ok(()));
+        assert!(a.try_pre_auth(v4(2)).is_err());
+        assert_eq!(a.try_pre_auth(v4(4)), Ok(()));
     }
 
     #[test]

@@ -19,10 +19,11 @@ use tokio::net::TcpStream;
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_realm-runtime");
 
-/// The runtime's pre-auth share per source (`protocol::ListenLimits`).
-const PER_SOURCE: usize = 16;
-/// The metrics endpoint's (`metrics::METRICS_LIMITS`).
-const METRICS_PER_SOURCE: usize = 4;
+/// The most pre-auth connections one source may hold: half the server's
+/// pre-auth pool (`protocol::ListenLimits`).
+const PER_SOURCE: usize = 256;
+/// The metrics endpoint's (half of 32, `metrics::METRICS_LIMITS`).
+const METRICS_PER_SOURCE: usize = 16;
 
 struct World {
     dir: TestDir,
