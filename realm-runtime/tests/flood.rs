@@ -169,12 +169,16 @@ async fn a_reconnecting_flood_does_not_lock_devices_out() {
         600,
         Duration::from_secs(20),
     );
-    flood::wait_for(&flood, 1000, Duration::from_secs(10)).await;
+    // Let it fill whatever it can.
+    flood::wait_for(&flood, 600, Duration::from_secs(5)).await;
     for _ in 0..3 {
         assert!(w.served(&device).await, "device served during the flood");
     }
+    // The server closes what it will not hold at once, so the flood keeps
+    // reconnecting (the listeners used to sit on its connections for 10 s).
+    flood::wait_for(&flood, 1200, Duration::from_secs(5)).await;
     let made = flood.stop().await;
-    assert!(made >= 1000, "the flood reconnected {made} times");
+    assert!(made >= 1200, "the flood reconnected only {made} times");
     assert!(w.served(&device).await, "still serving after the flood");
 }
 
