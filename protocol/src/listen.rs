@@ -408,6 +408,7 @@ impl BoundedListener {
     /// Also report every [`ListenEvent`] to `observer` (e.g. metrics). It
     /// runs on the accept path: keep it cheap and non-blocking.
     pub fn observe(mut self, observer: impl Fn(ListenEvent) + Send + Sync + 'static) -> Self {
+        // `shared` is only cloned once `serve` runs, so this always applies.
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.observer = Some(Arc::new(observer));
         }

@@ -1,6 +1,9 @@
 //! The runtime as a server: admission at start, then an attested TLS
 //! listener where admitted devices ask for inference and an admitted
-//! provider announces new bundles.
+//! provider announces new bundles. Connections are admitted by the shared
+//! bounded listener (`protocol::BoundedListener`): the handshake must finish
+//! within its pre-auth deadline, and unauthenticated connections cannot take
+//! the `--max-connections` slots of verified peers.
 //!
 //! Must never: answer a peer whose certificate the TLS verifier did not
 //! accept, send one device's result on another device's connection (each
