@@ -19,6 +19,7 @@ use attestation::certifier::proto::{
 };
 use attestation::certifier::protocol::*;
 use attestation::certifier::vse::{self, Goal, VseRefusal, verify_package};
+use protocol::Source;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditRecord};
@@ -33,6 +34,9 @@ pub struct Settings {
     pub nonce_ttl_secs: i64,
     /// Outstanding nonces at most.
     pub nonce_capacity: usize,
+    /// Nonces one source (IPv4 address or IPv6 /64) may hold at most, used
+    /// or not, until they expire: one flooding source cannot drain the store.
+    pub nonce_per_source: usize,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             cert_validity_secs: 8 * 3600,
             nonce_ttl_secs: 60,
             nonce_capacity: 10_000,
+            nonce_per_source: 32,
         }
     }
 }
@@ -54,7 +59,7 @@ pub struct Service {
     policy_key: SigningKey,
     policy_cert_der: Vec<u8>,
     policy: Mutex<(Option<SystemTime>, Arc<Policy>)>,
-    nonces: Mutex<NonceStore>,
+    nonces: Mutex<NonceStore<Source>>,
     audit: Mutex<AuditLog>,
     settings: Settings,
 }
@@ -143,6 +148,7 @@ impl Service {
             nonces: Mutex::new(NonceStore::new(
                 settings.nonce_ttl_secs,
                 settings.nonce_capacity,
+                settings.nonce_per_source,
             )),
             audit: Mutex::new(audit),
             dir,
@@ -208,7 +214,7 @@ impl Service {
             );
         }
         match request.purpose.as_deref() {
-            Some(PURPOSE_NONCE) => match lock(&self.nonces).issue(now) {
+            Some(PURPOSE_NONCE) => match lock(&self.nonces).issue(Source::of(peer.ip()), now) {
                 Ok(nonce) => succeeded(echo, nonce.to_vec()),
                 Err(e) => failed(echo, e.into()),
             },

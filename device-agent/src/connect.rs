@@ -3,17 +3,19 @@
 //! Must never: send a byte of application data before the peer's admission
 //! certificate has been checked for the expected role, a pinned measurement
 //! (when given) and the current revocations — the TLS verifier does all of
-//! it inside the handshake, before the first application record.
+//! it inside the handshake, before the first application record; or report
+//! a peer that merely hung up (busy, at its connection limit) as an identity
+//! failure.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, client_config, peer_error, server_name,
 };
 use attestation::certifier::client::Client;
 use attestation::certifier::policy::Role;
-use protocol::{Framed, Limits};
+use protocol::{Framed, Limits, ProtocolError, closed_during_handshake};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -71,27 +73,121 @@ pub async fn connect(
         req = req.allow_insecure_emulated_platform();
     }
     let cfg = client_config(identity, anchor.clone(), req, revoked)?;
+    Ok(handshake(addr, cfg, &expected.role).await?)
+}
+
+/// Why an attested connection could not be opened. A busy peer and an
+/// unacceptable one are told apart: only the second is about identity.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TCP connect or the TLS handshake did not finish in time.
+    #[error("{what} with {addr} timed out")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// "connecting" or "attested TLS handshake".
+        what: &'static str,
+    },
+    /// The peer closed the connection without a TLS alert before the
+    /// session started: what a server over its connection limit does (see
+    /// `protocol::BoundedListener`). Nothing was sent.
+    #[error(
+        "{addr} closed the connection before the attested TLS session started: the {role} is busy or at its connection limit (nothing was sent); retry later"
+    )]
+    Busy {
+        /// The address.
+        addr: String,
+        /// The role expected there.
+        role: Role,
+    },
+    /// The handshake failed on a TLS error: the peer's certificate, role,
+    /// measurement or revocation status was refused (or ours was).
+    #[error("{addr} is not an acceptable {role} (nothing was sent): {why}")]
+    NotAcceptable {
+        /// The address.
+        addr: String,
+        /// The role expected there.
+        role: Role,
+        /// The failed check.
+        why: String,
+    },
+    /// The protocol hello failed after the handshake.
+    #[error("hello with {addr}: {source}")]
+    Hello {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: ProtocolError,
+    },
+}
+
+impl ConnectError {
+    /// A stable short code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect-failed",
+            Self::Timeout { .. } => "timeout",
+            Self::Busy { .. } => "peer-busy",
+            Self::NotAcceptable { .. } => "peer-not-acceptable",
+            Self::Hello { .. } => "hello-failed",
+        }
+    }
+}
+
+/// TCP connect to `addr`, the attested TLS handshake under `cfg` (which
+/// checks the peer), and the hello.
+pub async fn handshake(
+    addr: &str,
+    cfg: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    role: &Role,
+) -> Result<Conn, ConnectError> {
+    let busy = || ConnectError::Busy {
+        addr: addr.to_string(),
+        role: role.clone(),
+    };
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
-        .map_err(|_| anyhow!("connecting to {addr} timed out"))?
-        .with_context(|| format!("connecting to {addr}"))?;
-    tcp.set_nodelay(true)?;
+        .map_err(|_| ConnectError::Timeout {
+            addr: addr.to_string(),
+            what: "connecting",
+        })?
+        .map_err(|source| ConnectError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(
         Duration::from_secs(15),
         TlsConnector::from(cfg).connect(server_name(), tcp),
     )
     .await
-    .map_err(|_| anyhow!("attested TLS handshake with {addr} timed out"))?
+    .map_err(|_| ConnectError::Timeout {
+        addr: addr.to_string(),
+        what: "attested TLS handshake",
+    })?
     .map_err(|e| {
+        if closed_during_handshake(&e) {
+            return busy();
+        }
         let why = e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
             .and_then(peer_error)
             .map_or_else(|| e.to_string(), |p| p.to_string());
-        anyhow!(
-            "{addr} is not an acceptable {} (nothing was sent): {why}",
-            expected.role
-        )
+        ConnectError::NotAcceptable {
+            addr: addr.to_string(),
+            role: role.clone(),
+            why,
+        }
     })?;
     let mut framed = Framed::with_limits(
         tls,
@@ -105,6 +201,18 @@ pub async fn connect(
             "device",
             concat!("device-agent/", env!("CARGO_PKG_VERSION")),
         )
-        .await?;
+        .await
+        .map_err(|source| match &source {
+            // TLS 1.3 lets the client finish first: a server that closes
+            // for its connection limit right after the handshake (its
+            // established pool filled meanwhile) shows up here, without an
+            // alert. An alert (our certificate refused) stays a TLS error.
+            ProtocolError::Closed => busy(),
+            ProtocolError::Io(e) if closed_during_handshake(e) => busy(),
+            _ => ConnectError::Hello {
+                addr: addr.to_string(),
+                source,
+            },
+        })?;
     Ok(framed)
 }

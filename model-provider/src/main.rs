@@ -420,6 +420,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     tasks: federated_tasks,
                     runtimes: federated_runtimes,
                 },
+                limits: protocol::ListenLimits::default(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,12 @@
 //! `serve`: get admitted, then answer key requests over attested TLS.
+//!
+//! Connections are admitted by the shared bounded listener
+//! (`protocol::BoundedListener`): the attested TLS handshake must finish
+//! within the pre-auth deadline (3 s by default), unauthenticated
+//! connections are capped per source and in total, and verified peers get
+//! their own pool of `limits.established_total` (512) slots.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,14 +16,16 @@ use attestation::atls::{
     Admitted, CurrentPolicy, PeerRequirement, VerifiedPeer, client_config, server_config,
 };
 use attestation::certifier::client::{Client, unix_now};
+use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
 use protocol::{
-    ErrorCode, Framed, FreshExchangeError, Limits, Message, ProtocolError, TlsSession,
-    fresh_evidence_exchange,
+    BoundedListener, ErrorCode, Framed, FreshExchangeError, Limits, ListenLimits, Message,
+    ProtocolError, TlsSession, fresh_evidence_exchange,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::keystore::Keystore;
@@ -47,6 +56,8 @@ pub struct ServeConfig {
     pub announce_every: Duration,
     /// Which federated global models runtimes may deposit.
     pub intake: crate::deposit::Intake,
+    /// Connection admission: pre-auth deadline and caps, established cap.
+    pub limits: ListenLimits,
 }
 
 /// Why a session ended.
@@ -117,63 +128,66 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             cfg.announce_every,
         );
     }
-    loop {
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, keystore, policy_key, intake) = (
-            acceptor.clone(),
-            keystore.clone(),
-            anchor.key().clone(),
-            intake.clone(),
-        );
-        let fresh = cfg.fresh_evidence.then(|| Fresh {
-            own_spki: own_spki.clone(),
+    let fresh = cfg.fresh_evidence.then(|| {
+        Arc::new(Fresh {
+            own_spki,
             platform: cfg.platform.clone(),
             policy: policy.clone(),
-        });
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        warn!(%peer_addr, "handshake refused: {e}");
-                        return;
+        })
+    });
+    let policy_key = anchor.key().clone();
+    BoundedListener::new(listener, "provider", cfg.limits)
+        .serve(
+            move |tcp, peer_addr| {
+                let (acceptor, policy_key) = (acceptor.clone(), policy_key.clone());
+                async move { handshake(acceptor, tcp, peer_addr, &policy_key).await }
+            },
+            move |(tls, peer), peer_addr| {
+                let (keystore, intake, fresh) = (keystore.clone(), intake.clone(), fresh.clone());
+                async move {
+                    if let Err(e) = session(
+                        Framed::with_limits(tls, Limits::default()),
+                        &peer,
+                        &keystore,
+                        fresh.as_deref(),
+                        &intake,
+                    )
+                    .await
+                    {
+                        info!(%peer_addr, "session ended: {e}");
                     }
-                    Err(_) => {
-                        warn!(%peer_addr, "handshake timed out");
-                        return;
-                    }
-                };
-            let peer = match VerifiedPeer::from_certificates(
-                tls.get_ref().1.peer_certificates(),
-                &policy_key,
-                unix_now(),
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(%peer_addr, "peer identity: {e}");
-                    return;
                 }
-            };
-            if let Err(e) = session(
-                Framed::with_limits(tls, Limits::default()),
-                &peer,
-                &keystore,
-                fresh.as_ref(),
-                &intake,
-            )
-            .await
-            {
-                info!(%peer_addr, "session ended: {e}");
-            }
-        });
+            },
+        )
+        .await;
+    Ok(())
+}
+
+/// The pre-auth phase (bounded by the listener's deadline): the attested
+/// TLS handshake and the peer's identity.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    policy_key: &PublicKey,
+) -> Option<(TlsStream<TcpStream>, VerifiedPeer)> {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(%peer_addr, "handshake refused: {e}");
+            return None;
+        }
+    };
+    match VerifiedPeer::from_certificates(
+        tls.get_ref().1.peer_certificates(),
+        policy_key,
+        unix_now(),
+    ) {
+        Ok(p) => Some((tls, p)),
+        Err(e) => {
+            warn!(%peer_addr, "peer identity: {e}");
+            None
+        }
     }
 }
 

@@ -9,6 +9,9 @@
 //! * [`Framed`]: messages over any `AsyncRead + AsyncWrite` stream with
 //!   [`Limits`], chunked large payloads and the version hello (`framed`).
 //! * [`fresh_evidence_exchange`]: high-assurance mode over attested TLS.
+//! * [`BoundedListener`]: the accept loop of every server, with per-source
+//!   and total caps on unauthenticated connections and a pre-auth deadline
+//!   (`listen`).
 //! * Typed errors: [`ProtocolError`], [`FrameError`], [`TensorError`] (`error`).
 //! * [`sealed`]: sealed model bundles (STREAM over AES-256-GCM); its types stay in `sealed`.
 //!
@@ -27,6 +30,7 @@ mod error;
 mod frame;
 mod framed;
 mod fresh;
+mod listen;
 mod message;
 pub mod sealed;
 mod secret;
@@ -36,6 +40,10 @@ pub use error::{FrameError, ProtocolError, TensorError};
 pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, HEADER_LEN, encode_frame};
 pub use framed::{Framed, Limits, PeerHello};
 pub use fresh::{FreshExchangeError, TlsSession, fresh_evidence_exchange};
+pub use listen::{
+    Admission, BoundedListener, ListenEvent, ListenLimits, REFUSAL_LOG_INTERVAL, Refusal, Source,
+    closed_during_handshake,
+};
 pub use message::{
     ErrorCode, InferenceOutput, KeyUsage, MAX_REMOTE_MESSAGE, Message, OutputPolicy,
     PROTOCOL_VERSION, QueryBudget, ServingPolicy,

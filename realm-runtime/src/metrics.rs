@@ -15,8 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use protocol::{BoundedListener, ListenLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 /// Label of the errors counter.
@@ -137,50 +138,63 @@ impl Metrics {
     }
 }
 
+/// Admission of scrapers: a Prometheus server opens one connection per
+/// scrape, so a few per source are plenty.
+pub const METRICS_LIMITS: ListenLimits = ListenLimits {
+    pre_auth_deadline: Duration::from_secs(3),
+    pre_auth_per_source: 4,
+    pre_auth_total: 32,
+    established_total: 16,
+};
+
+/// Largest request head read.
+const MAX_HEAD: usize = 8192;
+
 /// Serve `GET /metrics` on `listener` until the process ends. Anything else
-/// gets 404; a client that sends nothing for 5 s, or more than 8 KiB of
-/// request head, is dropped.
+/// gets 404. The request head (at most 8 KiB) must arrive within the
+/// pre-auth deadline of [`METRICS_LIMITS`] (3 s), and connections are capped
+/// per source and in total by the shared bounded listener.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                true
-            })
-            .await;
-            if !matches!(read, Ok(true)) {
-                return;
-            }
-            let (status, body) = if head.starts_with(b"GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = tcp.write_all(response.as_bytes()).await {
-                warn!("metrics client: {e}");
-            }
-            let _ = tcp.shutdown().await;
-        });
+    BoundedListener::new(listener, "metrics", METRICS_LIMITS)
+        .serve(read_head, move |(tcp, head), _| {
+            respond(tcp, head, metrics.clone())
+        })
+        .await
+}
+
+/// The pre-auth phase: the request head, or `None` if the client closed first.
+async fn read_head(mut tcp: TcpStream, _: std::net::SocketAddr) -> Option<(TcpStream, Vec<u8>)> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
     }
+    Some((tcp, head))
+}
+
+async fn respond(mut tcp: TcpStream, head: Vec<u8>, metrics: Arc<Metrics>) {
+    let (status, body) = if head.starts_with(b"GET /metrics ") {
+        ("200 OK", metrics.render())
+    } else {
+        (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_string(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A client that does not read its answer loses its slot after 5 s.
+    match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(response.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("metrics client: {e}"),
+        Err(_) => warn!("metrics client did not read its answer in time"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.shutdown()).await;
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The runtime as a server: admission at start, then an attested TLS
 //! listener where admitted devices ask for inference and an admitted
-//! provider announces new bundles.
+//! provider announces new bundles. Connections are admitted by the shared
+//! bounded listener (`protocol::BoundedListener`): the handshake must finish
+//! within its pre-auth deadline, and unauthenticated connections cannot take
+//! the `--max-connections` slots of verified peers.
 //!
 //! Must never: answer a peer whose certificate the TLS verifier did not
 //! accept, send one device's result on another device's connection (each
@@ -16,11 +19,14 @@ use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Role;
 use blob_store::{AnyStore, BlobId};
-use protocol::{ErrorCode, Framed, InferenceOutput, Limits, Message, ProtocolError, Tensor};
+use protocol::{
+    BoundedListener, ErrorCode, Framed, InferenceOutput, Limits, ListenEvent, ListenLimits,
+    Message, ProtocolError, Tensor,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::budget::Budgets;
@@ -296,65 +302,79 @@ pub async fn serve(cfg: Config) -> Result<()> {
 
     let acceptor = TlsAcceptor::from(server_tls);
     let policy_key = admitted.anchor.key().clone();
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    loop {
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let listen = ListenLimits {
+        established_total: cfg.max_connections,
+        ..ListenLimits::default()
+    };
+    let observed = metrics.clone();
+    let session_rt = rt.clone();
+    BoundedListener::new(listener, "runtime", listen)
+        .observe(move |e| match e {
+            ListenEvent::Refused(_) => observed.error("connection-limit"),
+            ListenEvent::DeadlineExpired => {
+                observed.attestation_failures.inc();
+                observed.error("handshake-timeout");
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.error("connection-limit");
-            warn!(%peer_addr, "connection limit reached; dropping the connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (rt, acceptor, policy_key) = (rt.clone(), acceptor.clone(), policy_key.clone());
-        tokio::spawn(async move {
-            rt.metrics.connections.inc();
-            connection(&rt, acceptor, tcp, peer_addr, &policy_key, limits).await;
-            rt.metrics.connections.dec();
-            drop(slot);
-        });
-    }
+            ListenEvent::Established => {
+                observed.connections.inc();
+            }
+            ListenEvent::Closed => {
+                observed.connections.dec();
+            }
+            _ => {}
+        })
+        .serve(
+            move |tcp, peer_addr| {
+                let (rt, acceptor, policy_key) = (rt.clone(), acceptor.clone(), policy_key.clone());
+                async move { handshake(&rt, acceptor, tcp, peer_addr, &policy_key).await }
+            },
+            move |(tls, peer), peer_addr| {
+                let rt = session_rt.clone();
+                async move { session(&rt, tls, peer, peer_addr, limits).await }
+            },
+        )
+        .await;
+    Ok(())
 }
 
-async fn connection(
+/// The pre-auth phase (bounded by the listener's deadline): the attested
+/// TLS handshake and the peer's identity.
+async fn handshake(
     rt: &Runtime,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer_addr: std::net::SocketAddr,
     policy_key: &PublicKey,
-    limits: Limits,
-) {
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+) -> Option<(TlsStream<TcpStream>, VerifiedPeer)> {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
             rt.metrics.attestation_failures.inc();
             warn!(%peer_addr, "attested TLS handshake refused: {e}");
-            return;
-        }
-        Err(_) => {
-            rt.metrics.attestation_failures.inc();
-            warn!(%peer_addr, "attested TLS handshake timed out");
-            return;
+            return None;
         }
     };
-    let peer = match VerifiedPeer::from_certificates(
+    match VerifiedPeer::from_certificates(
         tls.get_ref().1.peer_certificates(),
         policy_key,
         unix_now(),
     ) {
-        Ok(p) => p,
+        Ok(p) => Some((tls, p)),
         Err(e) => {
             rt.metrics.attestation_failures.inc();
             warn!(%peer_addr, "peer identity: {e}");
-            return;
+            None
         }
-    };
+    }
+}
+
+async fn session(
+    rt: &Runtime,
+    tls: TlsStream<TcpStream>,
+    peer: VerifiedPeer,
+    peer_addr: std::net::SocketAddr,
+    limits: Limits,
+) {
     let framed = Framed::with_limits(tls, limits);
     let result = if peer.role == Role::provider() {
         provider_session(rt, framed).await
