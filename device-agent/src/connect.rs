@@ -15,6 +15,8 @@ use attestation::atls::{
 };
 use attestation::certifier::client::Client;
 use attestation::certifier::policy::Role;
+
+use crate::store::LocalStore;
 use protocol::{Framed, Limits, ProtocolError, closed_during_handshake};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -50,12 +52,15 @@ pub fn parse_measurements(hexes: &[String]) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Connect to `addr`, check the peer during the handshake, exchange hellos.
+/// With `store`, the signed policy must not be older than the newest this
+/// device has accepted (`policy_floor`).
 pub async fn connect(
     addr: &str,
     identity: &Identity,
     anchor: &PolicyAnchor,
     certifier: &str,
     expected: &Expected,
+    store: Option<&LocalStore>,
 ) -> Result<Conn> {
     // Current revocations, from the signed policy (verified against our anchor).
     let revoked = RevocationList::new();
@@ -63,6 +68,10 @@ pub async fn connect(
         .policy(anchor.key())
         .await
         .context("fetching the signed policy for revocations")?;
+    if let Some(store) = store {
+        crate::policy_floor::accept(store, &policy)
+            .context("the signed policy was refused (nothing was sent)")?;
+    }
     revoked.update_from_policy(&policy);
 
     let mut req = PeerRequirement::roles([expected.role.clone()])?;

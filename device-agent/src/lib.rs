@@ -15,6 +15,7 @@ pub mod dataset;
 pub mod federated;
 pub mod identity;
 pub mod on_device;
+pub mod policy_floor;
 pub mod remote;
 pub mod results;
 pub mod store;

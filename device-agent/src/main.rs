@@ -123,7 +123,7 @@ impl Admission {
             measurements: parse_measurements(pinned)?,
             allow_insecure: self.allow_insecure_peers,
         };
-        connect(addr, &identity, &anchor, &certifier, &expected).await
+        connect(addr, &identity, &anchor, &certifier, &expected, store).await
     }
 
     /// The certifier address and the policy anchor, or what is missing.

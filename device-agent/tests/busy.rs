@@ -54,13 +54,27 @@ async fn a_runtime_at_its_connection_limit_is_reported_busy() {
         .await;
 
     // A holds the one connection.
-    let held = connect(&addr, &a, &anchor, &certifier.addr, &expected_runtime())
-        .await
-        .expect("the first device connects");
+    let held = connect(
+        &addr,
+        &a,
+        &anchor,
+        &certifier.addr,
+        &expected_runtime(),
+        None,
+    )
+    .await
+    .expect("the first device connects");
     // B is closed at once, and told the runtime is busy.
-    let e = connect(&addr, &b, &anchor, &certifier.addr, &expected_runtime())
-        .await
-        .expect_err("the second device is refused");
+    let e = connect(
+        &addr,
+        &b,
+        &anchor,
+        &certifier.addr,
+        &expected_runtime(),
+        None,
+    )
+    .await
+    .expect_err("the second device is refused");
     assert!(busy(&e), "expected ConnectError::Busy, got {e:#}");
     let code = e.downcast_ref::<ConnectError>().map(ConnectError::code);
     assert_eq!(code, Some("peer-busy"));
@@ -87,7 +101,16 @@ async fn a_runtime_at_its_connection_limit_is_reported_busy() {
     drop(held);
     let mut connected = false;
     for _ in 0..50 {
-        match connect(&addr, &b, &anchor, &certifier.addr, &expected_runtime()).await {
+        match connect(
+            &addr,
+            &b,
+            &anchor,
+            &certifier.addr,
+            &expected_runtime(),
+            None,
+        )
+        .await
+        {
             Ok(_) => {
                 connected = true;
                 break;
@@ -132,6 +155,7 @@ async fn a_handshake_cut_at_the_pre_auth_deadline_is_reported_busy() {
         &certifier.anchor(),
         &certifier.addr,
         &expected_runtime(),
+        None,
     )
     .await
     .expect_err("refused");

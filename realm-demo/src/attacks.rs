@@ -1,7 +1,8 @@
 //! The attacks the demo plays with the libraries directly, because no
 //! shipped binary will do them: replaying an admission request, forging a
-//! real platform's implementation id with the emulated key, and a
-//! trusted-but-compromised device poisoning federated rounds.
+//! real platform's implementation id with the emulated key, cutting a
+//! revocation out of the signed policy or replaying an older one in
+//! transit, and a trusted-but-compromised device poisoning federated rounds.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use attestation::certifier::client::{Client, ClientError, unix_now};
 use attestation::certifier::decide::admission_challenge;
 use attestation::certifier::keys::SigningKey;
 use attestation::certifier::policy::Role;
+use attestation::certifier::policy_object::{PolicyFloor, SignedPolicyMessage, verify_policy};
+use attestation::certifier::proto::{SignedClaimSequence, decode_bounded};
 use attestation::platform::EvidenceSource;
 use attestation::platform::danger::InsecureEmulatedPlatform;
 use fl::onnx_model::{arch_of, read_params};
@@ -78,6 +81,37 @@ pub async fn forged_platform(
         Err(e) => Ok(e.to_string()),
         Ok(()) => bail!("a strict peer ACCEPTED the forged platform"),
     }
+}
+
+/// What a network attacker in front of the certifier does with a policy
+/// that revoked a measurement: cut the revocation statement out (every other
+/// statement still verifies on its own), or serve the policy from before the
+/// revocation. Returns the two refusals a peer of ours gives.
+pub fn tamper_with_policy(
+    anchor: &PolicyAnchor,
+    before: &[u8],
+    after: &[u8],
+) -> Result<(String, String)> {
+    let now = unix_now();
+    let current = verify_policy(after, anchor.key(), now)?;
+    // Cut the newest statement (the revocation) and re-encode.
+    let mut msg: SignedPolicyMessage = decode_bounded(after)?;
+    let mut seq: SignedClaimSequence = decode_bounded(&msg.claims)?;
+    seq.claims.pop().context("the policy has no statements")?;
+    msg.claims = seq.to_bytes();
+    let stripped = match verify_policy(&msg.to_bytes(), anchor.key(), now) {
+        Err(e) => format!("{} ({})", e, e.code()),
+        Ok(_) => bail!("the policy with its revocation CUT OUT was accepted"),
+    };
+    // Replay the older version to a peer that has seen the newer one.
+    let mut floor = PolicyFloor::new(0);
+    floor.accept(&current)?;
+    let old = verify_policy(before, anchor.key(), now)?;
+    let replayed = match floor.accept(&old) {
+        Err(e) => format!("{} ({})", e, e.code()),
+        Ok(()) => bail!("the REPLAYED older policy was accepted"),
+    };
+    Ok((stripped, replayed))
 }
 
 /// Where the poisoning device runs and how it is admitted.

@@ -134,7 +134,7 @@ fn say(json: bool, line: &str) {
 }
 
 /// Start everything and provision the model.
-fn setup(bin: PathBuf, dir: PathBuf, data: PathBuf, devices: usize) -> Result<Demo> {
+fn setup(bin: PathBuf, dir: PathBuf, data: PathBuf, devices: usize, rounds: usize) -> Result<Demo> {
     let cert = bin.join("certifier-service");
     let p = |n: &str| dir.join(n).display().to_string();
     ok(
@@ -275,7 +275,14 @@ fn setup(bin: PathBuf, dir: PathBuf, data: PathBuf, devices: usize) -> Result<De
         "2",
     ]);
     c.args(["--fl-min-clients", &clients, "--fl-max-clients", &clients]);
-    c.args(["--fl-deadline-secs", "60", "--fl-rounds", "100"]);
+    // The task ends after `rounds`: a device's join after the last round
+    // gets the final global model instead of a round that nobody finishes.
+    c.args([
+        "--fl-deadline-secs",
+        "60",
+        "--fl-rounds",
+        &rounds.to_string(),
+    ]);
     let (s, runtime) = serve(c, &dir.join("runtime.log"))?;
     servers.push(s);
     Ok(Demo {
@@ -379,7 +386,7 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
         j,
         "1. starting certifier-service, model-provider (sealing digits_cnn), realm-runtime",
     );
-    let d = setup(bin, dir, cli.data.clone(), cli.devices)?;
+    let d = setup(bin, dir, cli.data.clone(), cli.devices, cli.rounds)?;
     say(
         j,
         &format!(
@@ -660,6 +667,50 @@ async fn stages(cli: &Cli, bin: PathBuf, dir: PathBuf) -> Result<(Value, bool)> 
             format!("{e:#}"),
         ),
     });
+
+    // f. A network attacker cuts a revocation out of the signed policy, or
+    //    replays the policy from before it. The revoked measurement is a
+    //    throwaway build nobody runs.
+    let revoked_build = d.rebuild("device-agent", b"a build revoked for the demo")?;
+    let policy_attack = async {
+        let client = attestation::certifier::client::Client::new(
+            d.certifier.clone(),
+            std::time::Duration::from_secs(10),
+        );
+        let before = client.policy_object_bytes().await?;
+        let rim = attestation::platform::measure_file(&revoked_build)?.to_hex();
+        ok(
+            &d.b("certifier-service"),
+            &[
+                "policy",
+                "revoke",
+                "--dir",
+                &d.p("svc"),
+                "--measurement",
+                &rim,
+                "--reason",
+                "demo: revoked build",
+            ],
+        )?;
+        let after = client.policy_object_bytes().await?;
+        attacks::tamper_with_policy(&d.anchor()?, &before, &after)
+    }
+    .await;
+    match policy_attack {
+        Ok((stripped, replayed)) => {
+            checks.push(check(
+                "signed policy with a revocation cut out in transit",
+                true,
+                format!("refused: {stripped}"),
+            ));
+            checks.push(check(
+                "older signed policy replayed in transit",
+                true,
+                format!("refused: {replayed}"),
+            ));
+        }
+        Err(e) => checks.push(check("tampered signed policy", false, format!("{e:#}"))),
+    }
 
     // e. A device build the policy does not trust.
     let rogue = d.rebuild("device-agent", b"exfiltrating build")?;

@@ -48,6 +48,13 @@ pub struct SignedPolicyMessage {
     pub signature: Vec<u8>,
 }
 
+impl SignedPolicyMessage {
+    /// The wire encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
 /// Why a policy object was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

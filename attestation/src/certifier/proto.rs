@@ -483,6 +483,13 @@ pub struct SignedClaimSequence {
     pub claims: Vec<SignedClaimMessage>,
 }
 
+impl SignedClaimSequence {
+    /// The wire encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
 /// `buffer_sequence`: a list of byte strings (same wire form as
 /// [`SignedClaimSequence`] when the blocks are serialized signed claims).
 #[derive(Clone, PartialEq, prost::Message)]
