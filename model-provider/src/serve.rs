@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attestation::atls::{
-    Admitted, CurrentPolicy, PeerRequirement, VerifiedPeer, client_config, server_config,
+    Admitted, CurrentPolicy, PeerRequirement, RevocationList, VerifiedPeer, client_config,
+    server_config,
 };
 use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::keys::PublicKey;
@@ -143,7 +144,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                 async move { handshake(acceptor, tcp, peer_addr, &policy_key).await }
             },
             move |(tls, peer), peer_addr| {
-                let (keystore, intake, fresh) = (keystore.clone(), intake.clone(), fresh.clone());
+                let (keystore, intake, fresh, revoked) = (
+                    keystore.clone(),
+                    intake.clone(),
+                    fresh.clone(),
+                    revoked.clone(),
+                );
                 async move {
                     if let Err(e) = session(
                         Framed::with_limits(tls, Limits::default()),
@@ -151,6 +157,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                         &keystore,
                         fresh.as_deref(),
                         &intake,
+                        &revoked,
                     )
                     .await
                     {
@@ -204,6 +211,7 @@ async fn session<S>(
     keystore: &std::sync::Mutex<Keystore>,
     fresh: Option<&Fresh>,
     intake: &crate::deposit::Intake,
+    revoked: &RevocationList,
 ) -> Result<(), SessionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + TlsSession,
@@ -221,7 +229,20 @@ where
         info!(role = %peer.role, measurement = %hex::encode(&peer.measurement), "fresh evidence verified");
     }
     loop {
-        match framed.recv().await? {
+        let message = framed.recv().await?;
+        // Every request re-checks the session: a peer revoked since it
+        // connected, or past its certificate's end, gets no more keys.
+        if let Err(e) = peer.still_trusted(revoked, unix_now()) {
+            warn!(role = %peer.role, measurement = %hex::encode(&peer.measurement), "ending a session: {e}");
+            let _ = framed
+                .send(&Message::error(
+                    ErrorCode::Refused,
+                    format!("session ended: {e}"),
+                ))
+                .await;
+            return Ok(());
+        }
+        match message {
             Message::ModelKeyRequest {
                 model_id,
                 bundle_hash,

@@ -264,6 +264,20 @@ async fn keys_reach_only_the_allowed_role_measurement_and_use() {
         &ask(&runtime, "digits", &pinned, KeyUsage::RemoteInference).await
     ));
 
+    // A session opened before the revocation and held open (issue 17 item
+    // 3: such a session kept receiving keys 10 s after revocation).
+    let key_request = Message::ModelKeyRequest {
+        model_id: "digits".into(),
+        bundle_hash: digits.0,
+        usage: KeyUsage::RemoteInference,
+    };
+    let mut held = connect(&provider_addr, &anchor, &runtime).await.unwrap();
+    held.send(&key_request).await.unwrap();
+    assert!(matches!(
+        held.recv().await.unwrap(),
+        Message::ModelKeyRelease { .. }
+    ));
+
     // Revoked at the certifier: the provider stops releasing within its
     // refresh interval (1 s here); the handshake itself is refused.
     ok(run(
@@ -289,6 +303,16 @@ async fn keys_reach_only_the_allowed_role_measurement_and_use() {
         !released,
         "the revoked runtime still received keys after 10 s"
     );
+    // The session held open across the revocation is refused and ended.
+    held.send(&key_request).await.unwrap();
+    match held.recv().await.unwrap() {
+        Message::Error {
+            code: ErrorCode::Refused,
+            message,
+        } => assert!(message.contains("revoked"), "{message}"),
+        other => panic!("a revoked session got {}", other.kind()),
+    }
+    assert!(held.recv().await.is_err(), "the session ended");
     // The other runtime build is unaffected.
     assert!(key_released(&provider_addr, &anchor, &runtime2, "digits", &digits).await);
 }

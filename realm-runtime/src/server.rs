@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use attestation::atls::{Admitted, PeerRequirement, VerifiedPeer, client_config, server_config};
+use attestation::atls::{
+    Admitted, PeerRequirement, RevocationList, VerifiedPeer, client_config, server_config,
+};
 use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Role;
@@ -112,6 +114,9 @@ struct Runtime {
     pool: InferencePool,
     budgets: Budgets,
     metrics: Arc<Metrics>,
+    /// Revocations, kept current from the signed policy: every request
+    /// re-checks its session against them.
+    revoked: RevocationList,
 }
 
 /// Why one inference request failed: each maps to one wire code, one
@@ -273,6 +278,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         pool: InferencePool::new(cfg.workers, cfg.queue),
         budgets: Budgets::default(),
         metrics: metrics.clone(),
+        revoked: admitted.revoked.clone(),
     });
     let limits = Limits {
         max_frame: cfg.max_message,
@@ -440,6 +446,19 @@ where
                 return fail(&mut framed, e).await;
             }
         };
+        // A session held open does not outlive its trust: revoked since it
+        // was opened, or past its certificate's end, it is refused and ends.
+        if let Err(e) = peer.still_trusted(&rt.revoked, unix_now()) {
+            rt.metrics.error("session-no-longer-trusted");
+            warn!(measurement = %hex::encode(&peer.measurement), "ending a device session: {e}");
+            let _ = framed
+                .send(&Message::error(
+                    ErrorCode::Refused,
+                    format!("session ended: {e}"),
+                ))
+                .await;
+            return Ok(());
+        }
         let reply = match message {
             Message::InferenceRequest {
                 request_id,

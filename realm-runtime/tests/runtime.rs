@@ -559,3 +559,74 @@ async fn bursts_restarts_and_announcements() {
     }
     assert_eq!(label(&reply), 2, "the announced model is served");
 }
+
+/// Issue 17 item 3: a device session opened before its measurement was
+/// revoked, and held open, is refused at its next request and ends (it used
+/// to keep being served).
+#[tokio::test]
+async fn a_session_held_open_ends_when_its_device_is_revoked() {
+    let mut w = world("held-session").await;
+    if let Some(mut old) = w.runtime.take() {
+        old.kill();
+    }
+    w.runtime_args
+        .extend(["--revocation-refresh-secs".to_string(), "1".to_string()]);
+    w.start_runtime();
+    let input = || f32_tensor(&[1, 64], vec![0.25; 64]);
+    let device = w.device("device.img").await;
+    let mut held = w.connect(&device).await.unwrap();
+    label(&infer(&mut held, "digits", input()).await);
+
+    let measurement = w
+        .certifier
+        .platform_measuring(&w.dir.path().join("device.img"))
+        .rim()
+        .to_hex();
+    testkit::ok(testkit::run(
+        &sibling_bin(RUNTIME, "certifier-service"),
+        &[
+            "policy",
+            "revoke",
+            "--dir",
+            &w.dir.p("svc"),
+            "--measurement",
+            &measurement,
+        ],
+    ));
+    // Wait until the runtime has the revocation: a new session is then
+    // refused in the handshake (bounded: 50 × 200 ms).
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The server may refuse the client certificate after the client's
+        // side of the handshake is done: then the first read fails.
+        let served = match w.connect(&device).await {
+            Err(_) => false,
+            Ok(mut probe) => {
+                let request = Message::InferenceRequest {
+                    request_id: 7,
+                    model_id: "digits".into(),
+                    input: input(),
+                };
+                probe.send(&request).await.is_ok()
+                    && matches!(probe.recv().await, Ok(Message::InferenceResponse { .. }))
+            }
+        };
+        if !served {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the runtime never applied the revocation");
+    // The session held open since before the revocation is refused too.
+    let reply = infer(&mut held, "digits", input()).await;
+    let (code, message) = error(&reply);
+    assert_eq!(code, ErrorCode::Refused, "{reply:?}");
+    assert!(message.contains("revoked"), "{message}");
+    assert!(held.recv().await.is_err(), "the session ended");
+    assert_eq!(
+        w.metric("realm_runtime_errors_total{kind=\"session-no-longer-trusted\"}")
+            .await,
+        1.0
+    );
+}

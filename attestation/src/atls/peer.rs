@@ -4,6 +4,8 @@ use crate::certifier::admission::{AdmissionClaims, CertError, verify_admission_c
 use crate::certifier::keys::PublicKey;
 use crate::certifier::policy::Role;
 
+use super::verifier::{PeerError, RevocationList};
+
 /// Who is on the other end: verified during the handshake, read back here
 /// from the peer's certificate so the application can act on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,20 @@ pub struct VerifiedPeer {
 }
 
 impl VerifiedPeer {
+    /// Whether this session may still be served at `now`: its measurement is
+    /// not (since) revoked and its certificate has not expired. Sessions call
+    /// this before every request, so a session held open does not outlive
+    /// the trust it was opened with.
+    pub fn still_trusted(&self, revoked: &RevocationList, now: i64) -> Result<(), PeerError> {
+        if revoked.contains(&self.measurement) {
+            return Err(PeerError::Revoked(hex::encode(&self.measurement)));
+        }
+        if now > self.not_after {
+            return Err(PeerError::Certificate(CertError::Expired));
+        }
+        Ok(())
+    }
+
     /// From the certificates rustls reports for the connection. The handshake
     /// already ran every check; this re-reads the claims (and re-checks the
     /// signature, which is cheap) rather than trusting an unverified parse.
@@ -58,5 +74,38 @@ impl VerifiedPeer {
             auth_key_spki,
             not_after,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(not_after: i64) -> VerifiedPeer {
+        VerifiedPeer {
+            role: Role::device(),
+            measurement: vec![7; 64],
+            insecure_platform: false,
+            platform_instance: [1; 33],
+            auth_key: PublicKey::P256(vec![4; 65]),
+            auth_key_spki: Vec::new(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_session_ends_with_revocation_or_expiry() {
+        let revoked = RevocationList::new();
+        let p = peer(100);
+        assert_eq!(p.still_trusted(&revoked, 100), Ok(()));
+        assert_eq!(
+            p.still_trusted(&revoked, 101),
+            Err(PeerError::Certificate(CertError::Expired))
+        );
+        revoked.revoke(vec![7; 64]);
+        assert!(matches!(
+            p.still_trusted(&revoked, 50),
+            Err(PeerError::Revoked(_))
+        ));
     }
 }
