@@ -291,3 +291,54 @@ fn certifier_decode_prints_fields_and_reencoding_check() {
         "{wrong:?}"
     );
 }
+
+/// Issue 24: the tokens a real TF-RMM made on QEMU verify, but `verify` and
+/// `inspect` say they are public test material; a hardware-like synthetic
+/// token (its keys are not public) is not flagged.
+#[test]
+fn verify_and_inspect_flag_public_test_material() {
+    let token = testdata("public-test-material/rmm2-A.cbor");
+    let challenge =
+        std::fs::read_to_string(testdata("public-test-material/rmm2-A.challenge.hex")).unwrap();
+    let out = attest(&[
+        "token",
+        "verify",
+        &token,
+        "--cpak",
+        &testdata("public-test-material/tf-m-tools_cca_platform.pub.pem"),
+        "--challenge",
+        challenge.trim(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("INSECURE test material: tf-m-tools-cca-platform-cpak"),
+        "{}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["insecure-test-material"],
+        "tf-m-tools-cca-platform-cpak"
+    );
+
+    let out = attest(&["token", "inspect", &token]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("INSECURE test material: tf-a-sample-rak"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = attest(&[
+        "token",
+        "verify",
+        &testdata("synthetic/valid_a.cbor"),
+        "--cpak",
+        &testdata("synthetic/keys/cpak_a.pub.pem"),
+        "--challenge",
+        CHALLENGE_A,
+    ]);
+    assert!(!stderr(&out).contains("test material"), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["insecure-test-material"], serde_json::Value::Null);
+}
