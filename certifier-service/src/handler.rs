@@ -14,6 +14,7 @@ use attestation::certifier::decide::{Refusal, decide};
 use attestation::certifier::keys::{PublicKey, SigningKey};
 use attestation::certifier::nonce::{NonceError, NonceStore};
 use attestation::certifier::policy::{Policy, Role};
+use attestation::certifier::policy_object::{SignedPolicyMessage, reissue};
 use attestation::certifier::proto::{
     AttestationUserData, TrustRequestMessage, TrustResponseMessage, decode_bounded,
 };
@@ -218,15 +219,13 @@ impl Service {
                 Ok(nonce) => succeeded(echo, nonce.to_vec()),
                 Err(e) => failed(echo, e.into()),
             },
-            Some(PURPOSE_SIGNED_POLICY) => {
-                match std::fs::read(self.dir.path("policy_object.bin")) {
-                    Ok(bytes) => succeeded(echo, bytes),
-                    Err(e) => failed(
-                        echo,
-                        Failure::new("internal", format!("policy object unavailable: {e}")),
-                    ),
-                }
-            }
+            Some(PURPOSE_SIGNED_POLICY) => match self.signed_policy(now) {
+                Ok(bytes) => succeeded(echo, bytes),
+                Err(e) => failed(
+                    echo,
+                    Failure::new("internal", format!("policy object unavailable: {e:#}")),
+                ),
+            },
             Some(PURPOSE_POLICY) => match std::fs::read(self.dir.path("policy.bin")) {
                 Ok(bytes) => succeeded(echo, bytes),
                 Err(e) => failed(
@@ -380,6 +379,14 @@ impl Service {
                 Err(f)
             }
         }
+    }
+
+    /// The policy object, re-issued at `now` (same version and statements)
+    /// so peers can bound the age of the copy they keep.
+    fn signed_policy(&self, now: i64) -> anyhow::Result<Vec<u8>> {
+        let bytes = std::fs::read(self.dir.path("policy_object.bin"))?;
+        let object: SignedPolicyMessage = decode_bounded(&bytes)?;
+        Ok(reissue(&self.policy_key, object, now)?.to_bytes())
     }
 
     fn authenticate(

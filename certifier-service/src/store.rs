@@ -23,7 +23,9 @@ use attestation::certifier::claims::sign_claim;
 use attestation::certifier::clause::{key_entity, measurement_entity, says, unary, verb};
 use attestation::certifier::keys::{PublicKey, SigningKey};
 use attestation::certifier::policy::{Policy, Role, descriptor, platform_fingerprint};
-use attestation::certifier::policy_object::{SignedPolicyMessage, sign_policy};
+use attestation::certifier::policy_object::{
+    DEFAULT_MAX_AGE_SECS, SignedPolicyMessage, sign_policy_with_max_age,
+};
 use attestation::certifier::proto::{SignedClaimSequence, decode_bounded};
 use prost::Message;
 
@@ -265,8 +267,12 @@ impl ServiceDir {
         let last = self.last_policy_object();
         let version = last.as_ref().map_or(0, |m| m.version) + 1;
         let issued_at = last.as_ref().map_or(now, |m| m.issued_at.max(now));
-        let object = sign_policy(&self.signing_key()?, version, issued_at, claims)
-            .context("signing the policy object")?;
+        let max_age = last
+            .as_ref()
+            .map_or(DEFAULT_MAX_AGE_SECS, |m| m.max_age_secs);
+        let object =
+            sign_policy_with_max_age(&self.signing_key()?, version, issued_at, max_age, claims)
+                .context("signing the policy object")?;
         write_atomic(&self.path("policy_object.bin"), &object.encode_to_vec())?;
         Ok(version)
     }

@@ -64,14 +64,10 @@ pub async fn connect(
 ) -> Result<Conn> {
     // Current revocations, from the signed policy (verified against our anchor).
     let revoked = RevocationList::new();
-    let policy = Client::new(certifier.to_string(), Duration::from_secs(15))
-        .policy(anchor.key())
+    let client = Client::new(certifier.to_string(), Duration::from_secs(15));
+    let policy = crate::policy_floor::current(store, &client, anchor.key())
         .await
-        .context("fetching the signed policy for revocations")?;
-    if let Some(store) = store {
-        crate::policy_floor::accept(store, &policy)
-            .context("the signed policy was refused (nothing was sent)")?;
-    }
+        .context("the signed policy (for revocations) is not available; nothing was sent")?;
     revoked.update_from_policy(&policy);
 
     let mut req = PeerRequirement::roles([expected.role.clone()])?;

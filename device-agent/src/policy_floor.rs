@@ -1,19 +1,31 @@
-//! The newest signed-policy version this device has accepted, sealed in its
-//! store so it survives restarts: a certifier (or a network attacker in
-//! front of it) that serves an older policy — one from before a measurement
-//! was revoked — is refused, even by an agent started afresh.
+//! The signed policy as this device knows it, sealed in its store so it
+//! survives restarts:
 //!
-//! Must never: accept a policy older than the remembered floor, or lower the
-//! floor. A store that cannot be written keeps the check (against what it
-//! holds) and only loses the raise, which it says.
+//! * the newest version accepted (the floor): a certifier, or a network
+//!   attacker in front of it, that serves an older policy — one from before
+//!   a measurement was revoked — is refused, even by an agent started afresh;
+//! * the last verified policy object: when the certifier cannot be reached
+//!   the agent uses it, but only within the age the policy itself allows
+//!   (`max_age_secs`, signed inside it), and says so.
+//!
+//! Must never: accept a policy older than the remembered floor, lower the
+//! floor, or use a kept copy past its signed age. A store that cannot be
+//! written keeps the checks (against what it holds) and only loses the
+//! update, which it says.
 
+use attestation::certifier::client::{Client, ClientError, unix_now};
+use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Policy;
-use attestation::certifier::policy_object::{PolicyFloor, PolicyObjectError};
+use attestation::certifier::policy_object::{
+    PolicyFloor, PolicyObjectError, check_age, verify_policy,
+};
 
 use crate::store::{LocalStore, StoreError};
 
 /// The sealed secret that holds the floor (u64, big-endian).
 const SECRET: &str = "policy-floor";
+/// The sealed secret that holds the last verified policy object.
+const KEPT: &str = "policy-object";
 
 /// Why the policy was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +39,89 @@ pub enum FloorError {
     /// The sealed value is not a version.
     #[error("the remembered policy version is corrupt ({0} bytes)")]
     Corrupt(usize),
+    /// The served policy did not verify, or could not be fetched for
+    /// another reason than the service being out of reach.
+    #[error("fetching the signed policy: {0}")]
+    Fetch(ClientError),
+    /// The certifier is out of reach and no kept copy is usable.
+    #[error("the certifier cannot be reached ({reach}) and {kept}")]
+    Unreachable {
+        /// Why it could not be reached.
+        reach: String,
+        /// What is wrong with the kept copy.
+        kept: String,
+    },
+}
+
+/// The signed policy to use now: fetched and verified (then kept, sealed),
+/// or — when the certifier cannot be reached — the kept copy, if it is
+/// within its signed age. Either way never older than the floor.
+pub async fn current(
+    store: Option<&LocalStore>,
+    client: &Client,
+    policy_key: &PublicKey,
+) -> Result<Policy, FloorError> {
+    let now = unix_now();
+    let reach = match client.policy_object_bytes().await {
+        Ok(bytes) => {
+            let policy = verify_policy(&bytes, policy_key, now)
+                .map_err(|e| FloorError::Fetch(ClientError::Protocol(e.to_string())))?;
+            if let Some(store) = store {
+                accept(store, &policy)?;
+                keep(store, &bytes, &policy, policy_key, now);
+            }
+            return Ok(policy);
+        }
+        Err(
+            e @ (ClientError::Connect { .. }
+            | ClientError::ConnectTimeout(_)
+            | ClientError::Wire(_)),
+        ) => e.to_string(),
+        Err(e) => return Err(FloorError::Fetch(e)),
+    };
+    let unusable = |kept: String| FloorError::Unreachable {
+        reach: reach.clone(),
+        kept,
+    };
+    let Some(store) = store else {
+        return Err(unusable("this command keeps no policy".into()));
+    };
+    let Some(bytes) = store.get_secret(KEPT)? else {
+        return Err(unusable("no signed policy has been kept yet".into()));
+    };
+    let policy = verify_policy(bytes.expose(), policy_key, now)
+        .map_err(|e| unusable(format!("the kept policy is refused: {e}")))?;
+    check_age(&policy, now).map_err(|e| unusable(e.to_string()))?;
+    remembered(store)?.accept(&policy)?;
+    eprintln!(
+        "note: the certifier cannot be reached ({reach}); using the kept signed policy version {} issued {} s ago (usable for {} s)",
+        policy.version(),
+        now.saturating_sub(policy.issued_at()),
+        policy.max_age_secs()
+    );
+    Ok(policy)
+}
+
+/// Keep `bytes` (the verified `policy`) for offline use, unless the kept
+/// copy is of the same version and younger than half its allowed age: a
+/// command that only reads then writes nothing.
+fn keep(store: &LocalStore, bytes: &[u8], policy: &Policy, policy_key: &PublicKey, now: i64) {
+    let kept = store
+        .get_secret(KEPT)
+        .ok()
+        .flatten()
+        .and_then(|b| verify_policy(b.expose(), policy_key, now).ok());
+    let fresh_enough = kept.is_some_and(|k| {
+        k.version() >= policy.version()
+            && now.saturating_sub(k.issued_at())
+                < i64::try_from(k.max_age_secs() / 2).unwrap_or(i64::MAX)
+    });
+    if fresh_enough {
+        return;
+    }
+    if let Err(e) = store.put_secret(KEPT, bytes) {
+        eprintln!("note: the signed policy is not kept for offline use ({e})");
+    }
 }
 
 /// The floor this store remembers (0 when none).

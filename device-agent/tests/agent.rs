@@ -519,3 +519,40 @@ async fn no_byte_of_user_data_reaches_an_unexpected_runtime() {
     .unwrap();
     assert!(ok(out).contains("324 correct"));
 }
+
+/// Issue 27 defect 6: with the certifier down, a device with a valid kept
+/// admission certificate keeps working on the signed policy it kept, within
+/// the age that policy allows, and says so; a device that never kept one is
+/// refused with what is missing.
+#[test]
+fn a_device_keeps_working_on_its_kept_policy_while_the_certifier_is_down() {
+    let mut w = world("certifier-down");
+    let csv = model("digits_test.csv");
+    let flat = ok(w.agent(&["import", "--csv", &csv, "--labels", "last"]));
+    let flat = flat.trim();
+    // Online: admitted, the certificate and the signed policy are kept.
+    let r = json(&ok(
+        w.remote(&["--model", "digits", "--handle", flat, "--json"])
+    ));
+    assert_eq!(r["correct"].as_u64(), Some(324));
+
+    w.certifier.proc.kill();
+    let out = w.remote(&["--model", "digits", "--handle", flat, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let r = json(&ok(out));
+    assert_eq!(r["correct"].as_u64(), Some(324), "{stderr}");
+    assert!(
+        stderr.contains("using the kept signed policy version"),
+        "{stderr}"
+    );
+
+    // Another device state that never kept a policy: refused, and told why.
+    let mut args = vec!["infer", "--runtime", &w.runtime_addr];
+    let adm = w.admission();
+    args.extend(adm.iter().map(String::as_str));
+    args.extend(["--model", "digits", "--csv", &csv]);
+    let fresh = w.agent_with(Path::new(AGENT), &args, "fresh-state");
+    assert!(!fresh.status.success());
+    let err = String::from_utf8_lossy(&fresh.stderr);
+    assert!(err.contains("certifier"), "{err}");
+}

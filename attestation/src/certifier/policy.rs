@@ -254,6 +254,7 @@ pub struct Policy {
     /// (0 and 0 for a bare framework claim sequence).
     version: u64,
     issued_at: i64,
+    max_age_secs: u64,
 }
 
 impl Policy {
@@ -274,6 +275,7 @@ impl Policy {
             framework_measurements: Vec::new(),
             version: 0,
             issued_at: 0,
+            max_age_secs: 0,
         };
         for (index, scm) in seq.claims.iter().enumerate() {
             let vc =
@@ -415,10 +417,15 @@ impl Policy {
 
     /// Set by `policy_object::verify_policy` only: the object's version and
     /// issue time.
-    pub(crate) fn with_version(mut self, version: u64, issued_at: i64) -> Self {
+    pub(crate) fn with_version(mut self, version: u64, issued_at: i64, max_age: u64) -> Self {
         self.version = version;
         self.issued_at = issued_at;
+        self.max_age_secs = max_age;
         self
+    }
+    /// How long after issue a kept copy may be used without the service.
+    pub fn max_age_secs(&self) -> u64 {
+        self.max_age_secs
     }
     /// The signed object's version (0 when loaded from a bare sequence).
     pub fn version(&self) -> u64 {

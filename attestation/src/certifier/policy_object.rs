@@ -11,9 +11,15 @@
 //! version it accepted ([`PolicyFloor`]) refuses an older one.
 //!
 //! Signed bytes: `"cca-ml signed policy v1\0" ‖ version (u64 BE) ‖
-//! issued_at (i64 BE) ‖ len(claims) (u64 BE) ‖ claims`, where `claims` is
-//! the serialized `signed_claim_sequence` (the statements themselves stay
-//! framework-compatible; framework apps keep fetching the bare sequence).
+//! issued_at (i64 BE) ‖ max_age_secs (u64 BE) ‖ len(claims) (u64 BE) ‖
+//! claims`, where `claims` is the serialized `signed_claim_sequence` (the
+//! statements themselves stay framework-compatible; framework apps keep
+//! fetching the bare sequence).
+//!
+//! Freshness: the service re-signs the object with the current time each
+//! time it serves it (same version, same statements), and the policy owner
+//! sets, signed inside it, how long a peer may keep using a copy when the
+//! service cannot be reached (`max_age_secs`, [`check_age`]).
 //!
 //! Must never: return a policy whose object signature, or any of whose
 //! claims, did not verify with the caller's policy key; accept a version
@@ -46,7 +52,14 @@ pub struct SignedPolicyMessage {
     /// Signature over the bytes described in the module docs.
     #[prost(bytes = "vec", tag = "5")]
     pub signature: Vec<u8>,
+    /// How long after `issued_at` a peer may still use this copy when the
+    /// service cannot be reached.
+    #[prost(uint64, tag = "6")]
+    pub max_age_secs: u64,
 }
+
+/// The default for [`SignedPolicyMessage::max_age_secs`]: a day.
+pub const DEFAULT_MAX_AGE_SECS: u64 = 86_400;
 
 impl SignedPolicyMessage {
     /// The wire encoding.
@@ -71,6 +84,16 @@ pub enum PolicyObjectError {
     /// A statement inside failed.
     #[error("{0}")]
     Policy(PolicyError),
+    /// A kept copy is older than the policy lets it be used.
+    #[error(
+        "the kept policy was issued {age_secs} s ago and may be used for {max_age_secs} s only; reach the certifier to refresh it"
+    )]
+    TooOld {
+        /// Seconds since it was issued.
+        age_secs: i64,
+        /// What the policy allows.
+        max_age_secs: u64,
+    },
     /// Older than a version this party has already accepted.
     #[error(
         "the certifier served policy version {offered}, older than version {newest} already accepted: refusing it (a replayed or rolled-back policy would un-revoke measurements)"
@@ -91,35 +114,81 @@ impl PolicyObjectError {
             Self::BadSignature => "policy-signature",
             Self::Policy(_) => "policy-claim",
             Self::Rollback { .. } => "policy-rollback",
+            Self::TooOld { .. } => "policy-too-old",
         }
     }
 }
 
-fn to_be_signed(version: u64, issued_at: i64, claims: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(DOMAIN.len() + 24 + claims.len());
+fn to_be_signed(version: u64, issued_at: i64, max_age_secs: u64, claims: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DOMAIN.len() + 32 + claims.len());
     out.extend_from_slice(DOMAIN);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&issued_at.to_be_bytes());
+    out.extend_from_slice(&max_age_secs.to_be_bytes());
     out.extend_from_slice(&(claims.len() as u64).to_be_bytes());
     out.extend_from_slice(claims);
     out
 }
 
-/// Sign `claims` (a serialized `signed_claim_sequence`) as `version`.
+/// Sign `claims` (a serialized `signed_claim_sequence`) as `version`, usable
+/// for [`DEFAULT_MAX_AGE_SECS`] after `issued_at` when the service is away.
 pub fn sign_policy(
     key: &SigningKey,
     version: u64,
     issued_at: i64,
     claims: Vec<u8>,
 ) -> Result<SignedPolicyMessage, KeyError> {
-    let signature = key.sign(&to_be_signed(version, issued_at, &claims))?;
+    sign_policy_with_max_age(key, version, issued_at, DEFAULT_MAX_AGE_SECS, claims)
+}
+
+/// [`sign_policy`] with an explicit `max_age_secs`.
+pub fn sign_policy_with_max_age(
+    key: &SigningKey,
+    version: u64,
+    issued_at: i64,
+    max_age_secs: u64,
+    claims: Vec<u8>,
+) -> Result<SignedPolicyMessage, KeyError> {
+    let signature = key.sign(&to_be_signed(version, issued_at, max_age_secs, &claims))?;
     Ok(SignedPolicyMessage {
         version,
         issued_at,
         claims,
         algorithm: key.algorithm().to_string(),
         signature,
+        max_age_secs,
     })
+}
+
+/// The same object re-signed as issued at `now` (the service does this each
+/// time it serves it, so a peer can tell how fresh its copy is).
+pub fn reissue(
+    key: &SigningKey,
+    object: SignedPolicyMessage,
+    now: i64,
+) -> Result<SignedPolicyMessage, KeyError> {
+    let issued_at = object.issued_at.max(now);
+    sign_policy_with_max_age(
+        key,
+        object.version,
+        issued_at,
+        object.max_age_secs,
+        object.claims,
+    )
+}
+
+/// Whether a kept copy of `policy` may still be used at `now` (only when the
+/// service cannot be reached; a fetched policy is current by definition).
+pub fn check_age(policy: &Policy, now: i64) -> Result<(), PolicyObjectError> {
+    let age_secs = now.saturating_sub(policy.issued_at());
+    let max = i64::try_from(policy.max_age_secs()).unwrap_or(i64::MAX);
+    if age_secs > max {
+        return Err(PolicyObjectError::TooOld {
+            age_secs,
+            max_age_secs: policy.max_age_secs(),
+        });
+    }
+    Ok(())
 }
 
 /// Verify a policy object (hostile bytes) with `policy_key` and load its
@@ -132,14 +201,14 @@ pub fn verify_policy(
 ) -> Result<Policy, PolicyObjectError> {
     let msg: SignedPolicyMessage =
         decode_bounded(bytes).map_err(|e| PolicyObjectError::Malformed(e.to_string()))?;
-    let tbs = to_be_signed(msg.version, msg.issued_at, &msg.claims);
+    let tbs = to_be_signed(msg.version, msg.issued_at, msg.max_age_secs, &msg.claims);
     if !policy_key.verify(&msg.algorithm, &tbs, &msg.signature) {
         return Err(PolicyObjectError::BadSignature);
     }
     let seq: SignedClaimSequence =
         decode_bounded(&msg.claims).map_err(|e| PolicyObjectError::Malformed(e.to_string()))?;
     let policy = Policy::load(&seq, policy_key, now).map_err(PolicyObjectError::Policy)?;
-    Ok(policy.with_version(msg.version, msg.issued_at))
+    Ok(policy.with_version(msg.version, msg.issued_at, msg.max_age_secs))
 }
 
 /// The newest policy version a party has accepted. Pure: the caller keeps
@@ -262,6 +331,28 @@ mod tests {
         assert_eq!(err.code(), "policy-rollback");
         floor.accept(&load(5).unwrap()).unwrap();
         assert_eq!(floor.newest(), 5);
+    }
+
+    #[test]
+    fn a_kept_copy_is_usable_for_its_signed_max_age_only() {
+        let (key, _) = SigningKey::generate_p256().unwrap();
+        let msg = sign_policy_with_max_age(&key, 1, NOW, 600, Vec::new()).unwrap();
+        let p = verify_policy(&msg.to_bytes(), &key.public_key(), NOW).unwrap();
+        check_age(&p, NOW + 600).unwrap();
+        let err = check_age(&p, NOW + 601).unwrap_err();
+        assert_eq!(err.code(), "policy-too-old");
+        // Re-issued later: same version and statements, fresh time.
+        let later = reissue(&key, msg.clone(), NOW + 1000).unwrap();
+        let q = verify_policy(&later.to_bytes(), &key.public_key(), NOW + 1000).unwrap();
+        assert_eq!((q.version(), q.issued_at()), (1, NOW + 1000));
+        check_age(&q, NOW + 1500).unwrap();
+        // The max age is signed: raising it breaks the signature.
+        let mut forged = msg;
+        forged.max_age_secs = u64::MAX;
+        assert_eq!(
+            verify_policy(&forged.to_bytes(), &key.public_key(), NOW).unwrap_err(),
+            PolicyObjectError::BadSignature
+        );
     }
 
     #[test]
