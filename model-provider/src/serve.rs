@@ -22,7 +22,7 @@ use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
 use protocol::{
     BoundedListener, ErrorCode, Framed, FreshExchangeError, Limits, ListenLimits, Message,
-    ProtocolError, TlsSession, fresh_evidence_exchange,
+    ProtocolError, TlsSession, accept_attested, fresh_evidence_exchange,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -178,24 +178,10 @@ async fn handshake(
     peer_addr: SocketAddr,
     policy_key: &PublicKey,
 ) -> Option<(TlsStream<TcpStream>, VerifiedPeer)> {
-    let tls = match acceptor.accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(%peer_addr, "handshake refused: {e}");
-            return None;
-        }
-    };
-    match VerifiedPeer::from_certificates(
-        tls.get_ref().1.peer_certificates(),
-        policy_key,
-        unix_now(),
-    ) {
-        Ok(p) => Some((tls, p)),
-        Err(e) => {
-            warn!(%peer_addr, "peer identity: {e}");
-            None
-        }
-    }
+    accept_attested(&acceptor, tcp, policy_key)
+        .await
+        .map_err(|e| warn!(%peer_addr, "{e}"))
+        .ok()
 }
 
 /// What high-assurance sessions need.

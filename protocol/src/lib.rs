@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+mod attested;
 mod error;
 mod frame;
 mod framed;
@@ -36,6 +37,7 @@ pub mod sealed;
 mod secret;
 mod tensor;
 
+pub use attested::{AcceptError, accept_attested};
 pub use error::{FrameError, ProtocolError, TensorError};
 pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, HEADER_LEN, encode_frame};
 pub use framed::{Framed, Limits, PeerHello};

@@ -23,7 +23,7 @@ use attestation::certifier::policy::Role;
 use blob_store::{AnyStore, BlobId};
 use protocol::{
     BoundedListener, ErrorCode, Framed, InferenceOutput, Limits, ListenEvent, ListenLimits,
-    Message, ProtocolError, Tensor,
+    Message, ProtocolError, Tensor, accept_attested,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -352,26 +352,13 @@ async fn handshake(
     peer_addr: std::net::SocketAddr,
     policy_key: &PublicKey,
 ) -> Option<(TlsStream<TcpStream>, VerifiedPeer)> {
-    let tls = match acceptor.accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
+    accept_attested(&acceptor, tcp, policy_key)
+        .await
+        .map_err(|e| {
             rt.metrics.attestation_failures.inc();
-            warn!(%peer_addr, "attested TLS handshake refused: {e}");
-            return None;
-        }
-    };
-    match VerifiedPeer::from_certificates(
-        tls.get_ref().1.peer_certificates(),
-        policy_key,
-        unix_now(),
-    ) {
-        Ok(p) => Some((tls, p)),
-        Err(e) => {
-            rt.metrics.attestation_failures.inc();
-            warn!(%peer_addr, "peer identity: {e}");
-            None
-        }
-    }
+            warn!(%peer_addr, "{e}");
+        })
+        .ok()
 }
 
 async fn session(
