@@ -76,10 +76,32 @@ pub fn device_key(platform_instance: &[u8; 33]) -> DeviceKey {
     key
 }
 
+/// The windows and when to sweep them next.
+#[derive(Debug, Default)]
+struct Table {
+    windows: HashMap<(DeviceKey, String), Window>,
+    /// Sweep expired windows when a new pair arrives and the table holds at
+    /// least this many (doubling after each sweep, so sweeping is amortised
+    /// O(1) per request rather than O(n) for every new device).
+    next_sweep: usize,
+    /// When the table was last swept (a full table is swept at most once a
+    /// second, so a flood of new devices cannot make every request O(n)).
+    last_sweep: Option<Instant>,
+}
+
+impl Table {
+    fn sweep(&mut self, now: Instant) {
+        self.windows
+            .retain(|_, w| now.saturating_duration_since(w.start) < w.len);
+        self.next_sweep = SWEEP_AT.max(self.windows.len() * 2);
+        self.last_sweep = Some(now);
+    }
+}
+
 /// Budgets of every (device, model) pair seen.
 #[derive(Debug, Default)]
 pub struct Budgets {
-    windows: Mutex<HashMap<(DeviceKey, String), Window>>,
+    table: Mutex<Table>,
 }
 
 impl Budgets {
@@ -94,17 +116,27 @@ impl Budgets {
         now: Instant,
     ) -> Result<(), BudgetExceeded> {
         let len = Duration::from_secs(u64::from(budget.window_secs.max(1)));
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let key = (*device, model.to_string());
-        if !windows.contains_key(&key) && windows.len() >= SWEEP_AT {
-            windows.retain(|_, w| now.saturating_duration_since(w.start) < w.len);
-            if windows.len() >= MAX_WINDOWS {
-                return Err(BudgetExceeded::TableFull {
-                    retry_after_secs: len.as_secs().max(1),
-                });
+        if !table.windows.contains_key(&key) {
+            if table.windows.len() >= table.next_sweep.max(SWEEP_AT) {
+                table.sweep(now);
+            }
+            if table.windows.len() >= MAX_WINDOWS {
+                let swept_lately = table
+                    .last_sweep
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+                if !swept_lately {
+                    table.sweep(now);
+                }
+                if table.windows.len() >= MAX_WINDOWS {
+                    return Err(BudgetExceeded::TableFull {
+                        retry_after_secs: len.as_secs().max(1),
+                    });
+                }
             }
         }
-        let w = windows.entry(key).or_insert(Window {
+        let w = table.windows.entry(key).or_insert(Window {
             start: now,
             len,
             used: 0,
@@ -191,7 +223,7 @@ mod tests {
         }
         b.charge(&[0xff; 32], "m", B, 1, t0 + Duration::from_secs(61))
             .unwrap();
-        assert_eq!(b.windows.lock().unwrap().len(), 1);
+        assert_eq!(b.table.lock().unwrap().windows.len(), 1);
     }
 
     /// Issue 17 item 4: a batch is charged per sample, and a batch larger
