@@ -839,3 +839,54 @@ fn a_component_value_from_another_slot_does_not_pass() {
         "{r:?}"
     );
 }
+
+/// Issue 17.6: whether INSECURE peers are accepted is the signed policy's
+/// decision. A host's `--allow-insecure-peers` only takes effect while the
+/// policy trusts an INSECURE platform; under a policy that trusts none, an
+/// INSECURE certificate (issued under an older policy) is refused.
+#[test]
+fn insecure_peers_are_accepted_only_while_the_policy_trusts_an_insecure_platform() {
+    use attestation::atls::{PeerError, PeerRequirement};
+    use attestation::certifier::admission::AdmissionClaims;
+    use descriptor::{CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY};
+    let claims = AdmissionClaims {
+        role: Role::runtime(),
+        measurement: vec![5; 64],
+        insecure_platform: true,
+        platform_instance: [1; 33],
+        auth_key: fresh_key(),
+        not_after: i64::MAX,
+    };
+    for (platform_flags, policy_insecure) in [
+        (
+            flags(&[CCA_PLATFORM, INSECURE_EMULATED, SW_COMPONENTS_ANY]),
+            true,
+        ),
+        (flags(&[CCA_PLATFORM, SW_COMPONENTS_ANY]), false),
+    ] {
+        let mut f = Fixture::new();
+        f.platform_entry(&platform_flags);
+        let policy = f.policy().unwrap();
+        assert_eq!(policy.is_insecure(), policy_insecure);
+        for host_flag in [true, false] {
+            let mut req = PeerRequirement::roles([Role::runtime()]).unwrap();
+            let granted = req.allow_insecure_if_policy_does(host_flag, &policy);
+            assert_eq!(
+                granted,
+                host_flag && policy_insecure,
+                "{platform_flags} {host_flag}"
+            );
+            match req.check(&claims) {
+                Ok(()) => assert!(granted),
+                Err(PeerError::InsecurePlatform) => assert!(!granted),
+                Err(other) => panic!("{other:?}"),
+            }
+            // A secure peer is accepted either way.
+            let secure = AdmissionClaims {
+                insecure_platform: false,
+                ..claims.clone()
+            };
+            assert_eq!(req.check(&secure), Ok(()));
+        }
+    }
+}

@@ -13,11 +13,15 @@ use anyhow::{Context, Result};
 use attestation::atls::{
     Identity, PeerRequirement, PolicyAnchor, RevocationList, client_config, peer_error, server_name,
 };
-use attestation::certifier::client::Client;
+use attestation::certifier::admission::verify_admission_certificate;
+use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::policy::Role;
+use attestation::platform::EvidenceSource;
 
 use crate::store::LocalStore;
-use protocol::{Framed, Limits, ProtocolError, closed_during_handshake};
+use protocol::{
+    Framed, Limits, ProtocolError, TlsSession, closed_during_handshake, fresh_evidence_exchange,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -62,6 +66,22 @@ pub async fn connect(
     expected: &Expected,
     store: Option<&LocalStore>,
 ) -> Result<Conn> {
+    connect_with(addr, identity, anchor, certifier, expected, store, None).await
+}
+
+/// [`connect`], then, with `fresh` (this realm's evidence source), the
+/// high-assurance exchange: both sides give fresh evidence bound to this
+/// TLS session, and the peer's is appraised under the same signed policy as
+/// admission (for a runtime or provider run with `--fresh-evidence`).
+pub async fn connect_with(
+    addr: &str,
+    identity: &Identity,
+    anchor: &PolicyAnchor,
+    certifier: &str,
+    expected: &Expected,
+    store: Option<&LocalStore>,
+    fresh: Option<&dyn EvidenceSource>,
+) -> Result<Conn> {
     // Current revocations, from the signed policy (verified against our anchor).
     let revoked = RevocationList::new();
     let client = Client::new(certifier.to_string(), Duration::from_secs(15));
@@ -74,11 +94,37 @@ pub async fn connect(
     if !expected.measurements.is_empty() {
         req = req.with_measurements(expected.measurements.iter().cloned());
     }
-    if expected.allow_insecure {
-        req = req.allow_insecure_emulated_platform();
+    // INSECURE peers only where the signed policy trusts such platforms.
+    if !req.allow_insecure_if_policy_does(expected.allow_insecure, &policy)
+        && expected.allow_insecure
+    {
+        eprintln!(
+            "note: --allow-insecure-peers has no effect: the signed policy trusts no INSECURE platform"
+        );
     }
     let cfg = client_config(identity, anchor.clone(), req, revoked)?;
-    Ok(handshake(addr, cfg, &expected.role).await?)
+    let mut conn = handshake(addr, cfg, &expected.role).await?;
+    if let Some(platform) = fresh {
+        let own_spki =
+            verify_admission_certificate(identity.certificate(), anchor.key(), unix_now())
+                .ok()
+                .and_then(|c| c.auth_key.ec_spki_der())
+                .context("this device's own admission certificate is unusable")?;
+        let peer = conn
+            .get_ref()
+            .verified_peer(anchor.key())
+            .context("reading the peer's admission certificate back")?;
+        fresh_evidence_exchange(&mut conn, &own_spki, platform, &peer, &policy)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "fresh evidence with the {} at {addr} failed [{}]: {e}; nothing was sent",
+                    expected.role,
+                    e.code()
+                )
+            })?;
+    }
+    Ok(conn)
 }
 
 /// Why an attested connection could not be opened. A busy peer and an

@@ -6,14 +6,15 @@
 //! (`RoundOutcomeQuery`): a round that closes with too few updates is
 //! discarded by the runtime, and the device must not report it as done.
 //!
-//! Must never: send anything but the delta and the sample count, train
+//! Must never: train before the task's terms met this device's floor
+//! (`task_terms`), send anything but the delta and the sample count, train
 //! on a model whose bytes do not match the hash the runtime announced, or
 //! report a round as aggregated without the runtime's `RoundOutcome`.
 
 use anyhow::{Context, Result, anyhow, bail};
 use fl::onnx_model::{arch_of, read_params};
 use fl::train::{TrainConfig, accuracy, train};
-use protocol::{Message, TensorData};
+use protocol::{DeviceFloor, FlTaskTerms, Message, TensorData};
 
 use crate::connect::Conn;
 use crate::dataset::Dataset;
@@ -115,18 +116,24 @@ pub fn features(data: &Dataset) -> Result<(Vec<Vec<f32>>, Vec<u32>)> {
     Ok((x, y))
 }
 
-/// Take part in up to `rounds` rounds of `task`; `log` is called after each.
-/// Returns the logs and the last global model received (the final one if
-/// the task completed).
+/// Take part in up to `rounds` rounds of `task`, once its terms met
+/// `floor` (`shown` is called with them first); `log` is called after each
+/// round. Returns the logs and the last global model received (the final
+/// one if the task completed).
+#[allow(clippy::too_many_arguments)]
 pub async fn participate(
     conn: &mut Conn,
     task: &str,
+    floor: &DeviceFloor,
     data: &Dataset,
     rounds: usize,
     cfg: &TrainConfig,
+    shown: impl FnOnce(&FlTaskTerms),
     mut log: impl FnMut(&RoundLog),
 ) -> Result<(Vec<RoundLog>, Option<fl::train::Params>)> {
     let (x, y) = features(data)?;
+    let terms = crate::task_terms::agree(conn, task, floor).await?;
+    shown(&terms);
     let mut logs = Vec::new();
     let mut last = None;
     for _ in 0..rounds {

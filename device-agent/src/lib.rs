@@ -7,7 +7,8 @@
 //! * [`identity`]: the agent's admission certificate, reused while valid.
 //! * [`connect`]: attested TLS to a runtime or provider, peer checked first.
 //! * [`remote`], [`on_device`]: the two ways to run a model.
-//! * [`federated`]: local training for a runtime's federated task.
+//! * [`federated`]: local training for a runtime's federated task, after
+//!   [`task_terms`] met this device's floor.
 //! * [`results`]: predictions, accuracy, JSON.
 
 pub mod connect;
@@ -19,3 +20,4 @@ pub mod policy_floor;
 pub mod remote;
 pub mod results;
 pub mod store;
+pub mod task_terms;

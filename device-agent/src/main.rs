@@ -20,7 +20,7 @@ use attestation::platform::{Backend, EvidenceSource};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use device_agent::connect::{Expected, connect, parse_measurements};
+use device_agent::connect::{Expected, connect_with, parse_measurements};
 use device_agent::dataset::{self, Dataset, LabelColumn};
 use device_agent::results::Report;
 use device_agent::store::{Handle, LocalStore};
@@ -103,6 +103,11 @@ struct Admission {
     /// Accept peers admitted on the INSECURE emulated platform.
     #[arg(long)]
     allow_insecure_peers: bool,
+    /// High-assurance mode: after the handshake, give and demand fresh
+    /// evidence bound to this TLS session (for a runtime or provider run
+    /// with `--fresh-evidence`).
+    #[arg(long)]
+    fresh_evidence: bool,
 }
 
 impl Admission {
@@ -123,7 +128,11 @@ impl Admission {
             measurements: parse_measurements(pinned)?,
             allow_insecure: self.allow_insecure_peers,
         };
-        connect(addr, &identity, &anchor, &certifier, &expected, store).await
+        let fresh = self.fresh_evidence.then_some(platform);
+        connect_with(
+            addr, &identity, &anchor, &certifier, &expected, store, fresh,
+        )
+        .await
     }
 
     /// The certifier address and the policy anchor, or what is missing.
@@ -257,6 +266,27 @@ enum Command {
         /// A labelled handle to evaluate the last global model on (e.g. a test set).
         #[arg(long)]
         eval_handle: Option<String>,
+        /// Refuse a task whose differential-privacy noise multiplier is below Z.
+        #[arg(
+            long,
+            value_name = "Z",
+            help_heading = "This device's floor for the task's terms"
+        )]
+        min_noise: Option<f64>,
+        /// Refuse a task that does not clip updates to at most this L2 norm.
+        #[arg(
+            long,
+            value_name = "C",
+            help_heading = "This device's floor for the task's terms"
+        )]
+        max_clip: Option<f32>,
+        /// Refuse a task that aggregates rounds of fewer than N updates.
+        #[arg(
+            long,
+            value_name = "N",
+            help_heading = "This device's floor for the task's terms"
+        )]
+        min_clients: Option<u32>,
         /// Print one JSON object at the end.
         #[arg(long)]
         json: bool,
@@ -481,8 +511,16 @@ async fn run(command: Command) -> Result<ExitCode> {
             epochs,
             learning_rate,
             eval_handle,
+            min_noise,
+            max_clip,
+            min_clients,
             json,
         } => {
+            let floor = protocol::DeviceFloor {
+                min_noise,
+                max_clip,
+                min_clients,
+            };
             let platform = realm.platform()?;
             let store = realm.store(platform.as_ref())?;
             let data = store.load(&handle.parse()?)?;
@@ -506,7 +544,12 @@ async fn run(command: Command) -> Result<ExitCode> {
                 Some(h) => Some(federated::features(&store.load(&h.parse()?)?)?),
                 None => None,
             };
-            let (logs, last) = federated::participate(&mut conn, &task, &data, rounds, &cfg, |l| {
+            let mut shown_terms = None;
+            let shown = |t: &protocol::FlTaskTerms| {
+                eprintln!("{}", t.summary());
+                shown_terms = Some(t.clone());
+            };
+            let (logs, last) = federated::participate(&mut conn, &task, &floor, &data, rounds, &cfg, shown, |l| {
                 if !json {
                     match (l.accepted, &l.reason) {
                         (None, _) => println!(
@@ -550,6 +593,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     "{}",
                     serde_json::json!({
                         "task": task,
+                        "terms": shown_terms,
                         "rounds": logs,
                         "eval_accuracy": eval_accuracy,
                         "summary": summary,

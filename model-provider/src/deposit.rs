@@ -94,14 +94,10 @@ pub fn nothing_deposited(intake: &Intake, peer: &VerifiedPeer, model_id: &str) -
     peer.role == Role::runtime() && intake.tasks.iter().any(|t| t == model_id)
 }
 
-/// Check a deposit; returns the key to store.
-pub fn check(
-    intake: &Intake,
-    peer: &VerifiedPeer,
-    model_id: &str,
-    key_id: &[u8; 16],
-    key: &[u8],
-) -> Result<ModelKey, Refused> {
+/// Whether `peer` may coordinate federated task `model_id`: a configured
+/// task, an admitted runtime, an allowed measurement. What both a deposit
+/// and a request for the task's terms need.
+pub fn may_coordinate(intake: &Intake, peer: &VerifiedPeer, model_id: &str) -> Result<(), Refused> {
     if !intake.tasks.iter().any(|t| t == model_id) {
         return Err(Refused::NotATask(model_id.to_string()));
     }
@@ -112,6 +108,18 @@ pub fn check(
     if !intake.runtimes.is_empty() && !intake.runtimes.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
         return Err(Refused::Measurement(m));
     }
+    Ok(())
+}
+
+/// Check a deposit; returns the key to store.
+pub fn check(
+    intake: &Intake,
+    peer: &VerifiedPeer,
+    model_id: &str,
+    key_id: &[u8; 16],
+    key: &[u8],
+) -> Result<ModelKey, Refused> {
+    may_coordinate(intake, peer, model_id)?;
     let key = ModelKey::from_slice(key).ok_or(Refused::Key)?;
     if key.key_id().as_bytes() != key_id {
         return Err(Refused::Key);

@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use protocol::FlTaskTerms;
 use protocol::sealed::ModelKey;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -39,6 +40,19 @@ struct StoreFile {
     /// Hex salt when the KEK is passphrase-derived.
     passphrase_salt: Option<String>,
     entries: Vec<Entry>,
+    /// Federated tasks' terms (keystores written before tasks existed have none).
+    #[serde(default)]
+    tasks: Vec<TaskEntry>,
+}
+
+/// A federated task's terms, sealed to the keystore key: an AES-GCM tag
+/// over the terms (as associated data), so terms edited in the file
+/// without the key are refused rather than served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TaskEntry {
+    terms: FlTaskTerms,
+    /// nonce ‖ tag, hex.
+    seal: String,
 }
 
 /// One sealed bundle.
@@ -69,6 +83,7 @@ pub struct Keystore {
     kek: LessSafeKey,
     salt: Option<String>,
     entries: Vec<Entry>,
+    tasks: Vec<TaskEntry>,
     /// Modification time of the file when `entries` were read.
     read_at: Option<std::time::SystemTime>,
 }
@@ -116,6 +131,7 @@ impl Keystore {
                 format: 1,
                 passphrase_salt: None,
                 entries: Vec::new(),
+                tasks: Vec::new(),
             }
         };
         if file.format != 1 {
@@ -172,6 +188,7 @@ impl Keystore {
             kek,
             salt,
             entries: file.entries,
+            tasks: file.tasks,
             read_at,
         };
         // A wrong KEK must fail here, not at the first key request.
@@ -207,6 +224,7 @@ impl Keystore {
                 .context("the changed keystore does not open with this key")?;
         }
         self.entries = file.entries;
+        self.tasks = file.tasks;
         self.read_at = now;
         Ok(true)
     }
@@ -233,6 +251,70 @@ impl Keystore {
             .filter(|e| e.model_id == model_id)
             .filter_map(|e| e.version.parse::<u64>().ok())
             .max()
+    }
+
+    /// The terms of federated task `task`, if defined and intact.
+    pub fn task(&self, task: &str) -> Result<Option<FlTaskTerms>> {
+        let Some(t) = self.tasks.iter().rev().find(|t| t.terms.task == task) else {
+            return Ok(None);
+        };
+        let sealed = hex::decode(&t.seal).context("task seal is not hex")?;
+        if sealed.len() != 12 + 16 {
+            bail!("the seal of task {task:?} has the wrong length");
+        }
+        let (nonce, tag) = sealed.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let mut buf = tag.to_vec();
+        self.kek
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::task_aad(&t.terms)?),
+                &mut buf,
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the terms of task {task:?} were changed without the keystore key; define the task again with `model-provider task define`"
+                )
+            })?;
+        t.terms
+            .validate()
+            .with_context(|| format!("the stored terms of task {task:?}"))?;
+        Ok(Some(t.terms.clone()))
+    }
+
+    /// Define (or redefine) a federated task's terms, sealed to the keystore key.
+    pub fn define_task(&mut self, terms: FlTaskTerms) -> Result<()> {
+        terms.validate()?;
+        let mut nonce = [0u8; 12];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+        let mut tag = Vec::new();
+        self.kek
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::task_aad(&terms)?),
+                &mut tag,
+            )
+            .map_err(|_| anyhow::anyhow!("sealing the task terms failed"))?;
+        let mut seal = nonce.to_vec();
+        seal.extend_from_slice(&tag);
+        let before = self.tasks.clone();
+        self.tasks.retain(|t| t.terms.task != terms.task);
+        self.tasks.push(TaskEntry {
+            terms,
+            seal: hex::encode(seal),
+        });
+        self.save().inspect_err(|_| self.tasks = before)
+    }
+
+    /// The associated data a task's seal covers: its terms as JSON (one
+    /// struct, fields in declaration order, floats in shortest round-trip
+    /// form, so a parsed copy serializes to the same bytes).
+    fn task_aad(terms: &FlTaskTerms) -> Result<Vec<u8>> {
+        let mut aad = b"cca-ml keystore task terms v1|".to_vec();
+        aad.extend(serde_json::to_vec(terms)?);
+        Ok(aad)
     }
 
     fn aad(model_id: &str, key_id: &str) -> Vec<u8> {
@@ -332,6 +414,7 @@ impl Keystore {
             format: 1,
             passphrase_salt: self.salt.clone(),
             entries: self.entries.clone(),
+            tasks: self.tasks.clone(),
         };
         let text = serde_json::to_string_pretty(&file)?;
         let dir = self

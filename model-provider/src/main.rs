@@ -36,6 +36,8 @@ Examples:
   model-provider verify --store file:///var/lib/cca-ml/blobs --bundle <HASH> --keystore keys.json --keystore-key kek.bin
   model-provider list --store file:///var/lib/cca-ml/blobs --keystore keys.json --keystore-key kek.bin
   model-provider rotate --id digits --store file:///var/lib/cca-ml/blobs --keystore keys.json --keystore-key kek.bin
+  model-provider task define --id digits-fl --rule median --clip 2 --noise 1.0 --min-clients 3 \\
+      --rounds 20 --keystore keys.json --keystore-key kek.bin
   model-provider serve --listen 127.0.0.1:8200 --certifier 127.0.0.1:8123 --policy-cert svc/policy_cert.der \\
       --platform tsm --keystore keys.json --keystore-key kek.bin
 
@@ -144,6 +146,10 @@ enum Command {
         #[command(flatten)]
         keystore: KeystoreArgs,
     },
+    /// Define the terms of a federated-learning task (runtimes enforce them;
+    /// their hosts may only narrow them), or show them.
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// Get admitted as `provider`, then answer key requests over attested TLS.
     Serve {
         /// Listen address (port 0: any free port; the address is printed).
@@ -184,6 +190,54 @@ enum Command {
         /// Seconds between announcements (they also reach restarted runtimes).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         announce_every_secs: u64,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Define (or redefine) a task's terms; `serve --federated-task ID` serves them.
+    Define {
+        /// Task id (its global models are deposited under this model id).
+        #[arg(long)]
+        id: String,
+        /// Global model: softmax (64→10) or mlp (64→32→10).
+        #[arg(long, default_value = "softmax", value_parser = ["softmax", "mlp"])]
+        arch: String,
+        /// Aggregation rule: fedavg, median, trimmed-mean:BETA, krum:F, multi-krum:F:M.
+        #[arg(long, default_value = "median")]
+        rule: String,
+        /// Per-update L2 clipping norm (0 = none; then --noise must be 0).
+        #[arg(long, default_value_t = 2.0)]
+        clip: f32,
+        /// Gaussian noise multiplier z of central differential privacy (0 = none).
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+        /// Updates needed to aggregate a round.
+        #[arg(long, default_value_t = 2)]
+        min_clients: u32,
+        /// Updates that close a round early.
+        #[arg(long, default_value_t = 10)]
+        max_clients: u32,
+        /// Rounds the task runs.
+        #[arg(long, default_value_t = 10)]
+        rounds: u64,
+        /// Only devices with this measurement (hex) may take part (repeat)
+        /// [default: every device the certifier's policy trusts].
+        #[arg(long = "device-measurement", value_name = "HEX")]
+        device_measurements: Vec<String>,
+        /// Let devices admitted on the INSECURE emulated platform take part (demos only).
+        #[arg(long)]
+        allow_insecure_devices: bool,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+    },
+    /// Print a task's terms.
+    Show {
+        /// Task id.
+        #[arg(long)]
+        id: String,
         #[command(flatten)]
         keystore: KeystoreArgs,
     },
@@ -388,6 +442,68 @@ async fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Task(TaskCommand::Define {
+            id,
+            arch,
+            rule,
+            clip,
+            noise,
+            min_clients,
+            max_clients,
+            rounds,
+            device_measurements,
+            allow_insecure_devices,
+            keystore,
+        }) => {
+            let rule: fl::aggregate::Rule =
+                rule.parse().map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+            let devices = device_measurements
+                .iter()
+                .map(|h| {
+                    hex::decode(h.trim())
+                        .ok()
+                        .filter(|m| matches!(m.len(), 32 | 48 | 64))
+                        .with_context(|| {
+                            format!(
+                                "--device-measurement {h:?} is not a SHA-256/384/512 digest in hex"
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let terms = protocol::FlTaskTerms {
+                task: id.clone(),
+                arch,
+                rule: rule.to_string(),
+                clip_norm: clip,
+                noise_multiplier: noise,
+                min_clients,
+                max_clients,
+                rounds,
+                devices,
+                allow_insecure_devices,
+            };
+            let mut ks = keystore.open()?;
+            ks.define_task(terms.clone())?;
+            eprintln!("defined {}", terms.summary());
+            if allow_insecure_devices {
+                eprintln!(
+                    "WARNING: INSECURE emulated-platform devices may take part in task {id}: demos only"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Task(TaskCommand::Show { id, keystore }) => {
+            let ks = keystore.open()?;
+            match ks.task(&id)? {
+                Some(terms) => {
+                    println!("{}", serde_json::to_string_pretty(&terms)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => bail!(
+                    "no task {id:?} is defined; define it with `model-provider task define --id {id} ...`"
+                ),
+            }
+        }
         Command::Serve {
             listen,
             certifier,
@@ -404,6 +520,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             keystore,
         } => {
             let keystore = keystore.open()?;
+            for task in &federated_tasks {
+                if keystore.task(task)?.is_none() {
+                    bail!(
+                        "--federated-task {task}: the task has no terms; define them first with `model-provider task define --id {task} ...`"
+                    );
+                }
+            }
             let platform = platform.open(platform_key.as_deref())?;
             serve::serve(serve::ServeConfig {
                 listen,

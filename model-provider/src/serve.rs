@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attestation::atls::{
-    Admitted, CurrentPolicy, PeerRequirement, RevocationList, VerifiedPeer, client_config,
-    server_config,
+    Admitted, PeerRequirement, RevocationList, VerifiedPeer, client_config, server_config,
 };
 use attestation::certifier::client::{Client, unix_now};
 use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Role;
 use attestation::platform::EvidenceSource;
 use protocol::{
-    BoundedListener, ErrorCode, Framed, FreshExchangeError, Limits, ListenLimits, Message,
-    ProtocolError, TlsSession, accept_attested, fresh_evidence_exchange,
+    BoundedListener, ErrorCode, Framed, FreshExchangeError, FreshParty, Limits, ListenLimits,
+    Message, ProtocolError, TlsSession, accept_attested,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -99,9 +98,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
 
     let mut requirement = PeerRequirement::roles([Role::runtime(), Role::device()])?;
-    if cfg.allow_insecure_peers {
-        warn!("INSECURE: accepting peers admitted on the emulated platform");
-        requirement = requirement.allow_insecure_emulated_platform();
+    // The host's flag, as far as the signed policy allows INSECURE peers.
+    let insecure =
+        requirement.allow_insecure_if_policy_does(cfg.allow_insecure_peers, &policy.get());
+    if insecure {
+        warn!(
+            "INSECURE: accepting peers admitted on the emulated platform or public test material"
+        );
+    } else if cfg.allow_insecure_peers {
+        warn!(
+            "--allow-insecure-peers has no effect: the signed policy trusts no INSECURE platform, so INSECURE peers are refused"
+        );
     }
     let tls = server_config(&identity, anchor.clone(), requirement, revoked.clone())?;
     let acceptor = TlsAcceptor::from(tls);
@@ -118,9 +125,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let intake = Arc::new(cfg.intake.clone());
     if !cfg.announce_to.is_empty() {
         let mut runtimes = PeerRequirement::roles([Role::runtime()])?;
-        if cfg.allow_insecure_peers {
-            runtimes = runtimes.allow_insecure_emulated_platform();
-        }
+        runtimes.allow_insecure_if_policy_does(cfg.allow_insecure_peers, &policy.get());
         let tls = client_config(&identity, anchor.clone(), runtimes, revoked.clone())?;
         crate::announce::spawn(
             cfg.announce_to.clone(),
@@ -130,7 +135,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         );
     }
     let fresh = cfg.fresh_evidence.then(|| {
-        Arc::new(Fresh {
+        Arc::new(FreshParty {
             own_spki,
             platform: cfg.platform.clone(),
             policy: policy.clone(),
@@ -184,18 +189,11 @@ async fn handshake(
         .ok()
 }
 
-/// What high-assurance sessions need.
-struct Fresh {
-    own_spki: Vec<u8>,
-    platform: Arc<dyn EvidenceSource>,
-    policy: CurrentPolicy,
-}
-
 async fn session<S>(
     mut framed: Framed<S>,
     peer: &VerifiedPeer,
     keystore: &std::sync::Mutex<Keystore>,
-    fresh: Option<&Fresh>,
+    fresh: Option<&FreshParty>,
     intake: &crate::deposit::Intake,
     revoked: &RevocationList,
 ) -> Result<(), SessionError>
@@ -204,14 +202,7 @@ where
 {
     framed.server_hello().await?;
     if let Some(f) = fresh {
-        fresh_evidence_exchange(
-            &mut framed,
-            &f.own_spki,
-            f.platform.as_ref(),
-            peer,
-            &f.policy.get(),
-        )
-        .await?;
+        f.exchange(&mut framed, peer).await?;
         info!(role = %peer.role, measurement = %hex::encode(&peer.measurement), "fresh evidence verified");
     }
     loop {
@@ -333,11 +324,21 @@ where
                 );
                 framed.send(&reply).await?;
             }
+            Message::FlTaskQuery { task } => {
+                let reply = {
+                    let mut keystore = keystore.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = keystore.refresh() {
+                        warn!("keystore changed on disk but cannot be re-read: {e:#}");
+                    }
+                    task_terms_reply(intake, peer, &keystore, &task)
+                };
+                framed.send(&reply).await?;
+            }
             other => {
                 framed
                     .send(&Message::error(
                         ErrorCode::BadRequest,
-                        "this service answers ModelKeyRequest, BundleQuery and ModelKeyDeposit only",
+                        "this service answers ModelKeyRequest, BundleQuery, ModelKeyDeposit and FlTaskQuery only",
                     ))
                     .await?;
                 return Err(ProtocolError::UnexpectedMessage {
@@ -346,6 +347,32 @@ where
                 }
                 .into());
             }
+        }
+    }
+}
+
+/// The answer to a runtime's `FlTaskQuery`: the task's terms, only to a
+/// runtime that may deposit the task's models (the terms say who may train
+/// and how; a device learns them from the runtime that enforces them).
+fn task_terms_reply(
+    intake: &crate::deposit::Intake,
+    peer: &VerifiedPeer,
+    keystore: &Keystore,
+    task: &str,
+) -> Message {
+    if let Err(why) = crate::deposit::may_coordinate(intake, peer, task) {
+        warn!(task, role = %peer.role, measurement = %hex::encode(&peer.measurement), "task terms refused: {why}");
+        return Message::error(ErrorCode::Refused, "task terms not released");
+    }
+    match keystore.task(task) {
+        Ok(Some(terms)) => {
+            info!(task, measurement = %hex::encode(&peer.measurement), "task terms sent: {}", terms.summary());
+            Message::FlTaskTerms { terms }
+        }
+        Ok(None) => Message::error(ErrorCode::NotFound, "this federated task has no terms"),
+        Err(e) => {
+            warn!(task, "task terms unusable: {e:#}");
+            Message::error(ErrorCode::Internal, "the task's stored terms are unusable")
         }
     }
 }

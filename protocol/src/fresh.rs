@@ -5,9 +5,12 @@
 //! Both sides run [`fresh_evidence_exchange`]; each first sends its nonce,
 //! so neither waits on the other and the exchange cannot deadlock.
 
-use attestation::atls::VerifiedPeer;
 use attestation::atls::fresh::{FreshEvidenceError, fresh_challenge, verify_fresh_evidence};
+use attestation::atls::{CurrentPolicy, VerifiedPeer};
 use attestation::cca::{Challenge, VerifiedCcaToken};
+use attestation::certifier::admission::CertError;
+use attestation::certifier::client::unix_now;
+use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Policy;
 use attestation::platform::{EvidenceSource, PlatformError};
 use thiserror::Error;
@@ -23,6 +26,10 @@ pub trait TlsSession {
         nonce: &[u8; 32],
         prover_spki: &[u8],
     ) -> Result<Challenge, FreshEvidenceError>;
+
+    /// The peer as its verified admission certificate says (the handshake
+    /// checked it; this reads it back under `policy_key`).
+    fn verified_peer(&self, policy_key: &PublicKey) -> Result<VerifiedPeer, CertError>;
 }
 
 impl<IO> TlsSession for tokio_rustls::server::TlsStream<IO> {
@@ -33,6 +40,14 @@ impl<IO> TlsSession for tokio_rustls::server::TlsStream<IO> {
     ) -> Result<Challenge, FreshEvidenceError> {
         fresh_challenge(self.get_ref().1, nonce, prover_spki)
     }
+
+    fn verified_peer(&self, policy_key: &PublicKey) -> Result<VerifiedPeer, CertError> {
+        VerifiedPeer::from_certificates(
+            self.get_ref().1.peer_certificates(),
+            policy_key,
+            unix_now(),
+        )
+    }
 }
 
 impl<IO> TlsSession for tokio_rustls::client::TlsStream<IO> {
@@ -42,6 +57,73 @@ impl<IO> TlsSession for tokio_rustls::client::TlsStream<IO> {
         prover_spki: &[u8],
     ) -> Result<Challenge, FreshEvidenceError> {
         fresh_challenge(self.get_ref().1, nonce, prover_spki)
+    }
+
+    fn verified_peer(&self, policy_key: &PublicKey) -> Result<VerifiedPeer, CertError> {
+        VerifiedPeer::from_certificates(
+            self.get_ref().1.peer_certificates(),
+            policy_key,
+            unix_now(),
+        )
+    }
+}
+
+/// One side of high-assurance sessions: what it needs to give fresh
+/// evidence (its certificate key's SPKI, its platform) and to appraise the
+/// other side's (the current verified policy). Every party of ours — the
+/// provider, the runtime (towards devices and towards the provider) and the
+/// device agent — runs the exchange through this one type.
+#[derive(Clone)]
+pub struct FreshParty {
+    /// DER SPKI of this side's admission-certificate key.
+    pub own_spki: Vec<u8>,
+    /// This side's evidence source.
+    pub platform: std::sync::Arc<dyn EvidenceSource>,
+    /// The policy the peer's evidence is appraised under.
+    pub policy: CurrentPolicy,
+}
+
+impl std::fmt::Debug for FreshParty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshParty").finish_non_exhaustive()
+    }
+}
+
+impl FreshParty {
+    /// Run [`fresh_evidence_exchange`] with `peer` on `framed`.
+    pub async fn exchange<S>(
+        &self,
+        framed: &mut Framed<S>,
+        peer: &VerifiedPeer,
+    ) -> Result<VerifiedCcaToken, FreshExchangeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + TlsSession,
+    {
+        fresh_evidence_exchange(
+            framed,
+            &self.own_spki,
+            self.platform.as_ref(),
+            peer,
+            &self.policy.get(),
+        )
+        .await
+    }
+
+    /// As a client: read the server's identity back from the session, then
+    /// run the exchange.
+    pub async fn exchange_as_client<S>(
+        &self,
+        framed: &mut Framed<S>,
+        policy_key: &PublicKey,
+    ) -> Result<VerifiedCcaToken, FreshExchangeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + TlsSession,
+    {
+        let peer = framed
+            .get_ref()
+            .verified_peer(policy_key)
+            .map_err(FreshExchangeError::PeerIdentity)?;
+        self.exchange(framed, &peer).await
     }
 }
 
@@ -69,6 +151,23 @@ pub enum FreshExchangeError {
     /// No randomness for the nonce.
     #[error("no system randomness for the nonce")]
     Random,
+    /// The peer's certificate could not be read back from the session.
+    #[error("the peer's admission certificate: {0}")]
+    PeerIdentity(#[source] CertError),
+}
+
+impl FreshExchangeError {
+    /// A stable short code (the failed check, for logs and metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Protocol(_) => "fresh-evidence-protocol",
+            Self::Refused(e) => e.code(),
+            Self::Platform(_) => "fresh-evidence-platform",
+            Self::Unexpected { .. } => "fresh-evidence-unexpected-message",
+            Self::Random => "fresh-evidence-random",
+            Self::PeerIdentity(_) => "fresh-evidence-peer-identity",
+        }
+    }
 }
 
 /// Give and demand fresh evidence on this session. `own_spki` is the SPKI of

@@ -8,6 +8,8 @@
 //! * Pure, sans-IO framing: [`FrameDecoder`], [`encode_frame`] (`frame`).
 //! * [`Framed`]: messages over any `AsyncRead + AsyncWrite` stream with
 //!   [`Limits`], chunked large payloads and the version hello (`framed`).
+//! * [`FlTaskTerms`]: a federated task's terms, set by the provider, only
+//!   narrowed by a runtime's host, checked against a device's floor (`fl_terms`).
 //! * [`fresh_evidence_exchange`]: high-assurance mode over attested TLS.
 //! * [`BoundedListener`]: the accept loop of every server, with per-source
 //!   and total caps on unauthenticated connections and a pre-auth deadline
@@ -28,6 +30,7 @@
 
 mod attested;
 mod error;
+mod fl_terms;
 mod frame;
 mod framed;
 mod fresh;
@@ -39,9 +42,12 @@ mod tensor;
 
 pub use attested::{AcceptError, accept_attested};
 pub use error::{FrameError, ProtocolError, TensorError};
+pub use fl_terms::{
+    DeviceFloor, FlTaskTerms, HostNarrowing, MAX_TASK_DEVICES, MAX_TERMS_TEXT, TermsError,
+};
 pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, HEADER_LEN, encode_frame};
 pub use framed::{Framed, Limits, PeerHello};
-pub use fresh::{FreshExchangeError, TlsSession, fresh_evidence_exchange};
+pub use fresh::{FreshExchangeError, FreshParty, TlsSession, fresh_evidence_exchange};
 pub use listen::{
     Admission, BoundedListener, ListenEvent, ListenLimits, REFUSAL_LOG_INTERVAL, Refusal, Source,
     closed_during_handshake,

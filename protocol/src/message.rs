@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
+use crate::fl_terms::FlTaskTerms;
 use crate::secret::SecretBytes;
 use crate::tensor::Tensor;
 
@@ -292,6 +293,19 @@ pub enum Message {
         /// Updates it needed to be aggregated.
         min_clients: u32,
     },
+    /// Ask for the terms of federated task `task`: a runtime asks the
+    /// provider (which defines them), a device asks the runtime (which
+    /// enforces them, possibly narrowed). Answered with
+    /// [`Message::FlTaskTerms`] or a refusal.
+    FlTaskQuery {
+        /// The federated task.
+        task: String,
+    },
+    /// The terms of a federated task (call [`FlTaskTerms::validate`] before use).
+    FlTaskTerms {
+        /// The terms.
+        terms: FlTaskTerms,
+    },
 }
 
 impl Message {
@@ -339,6 +353,8 @@ impl Message {
             Self::ModelKeyDeposit { .. } => "ModelKeyDeposit",
             Self::RoundOutcomeQuery { .. } => "RoundOutcomeQuery",
             Self::RoundOutcome { .. } => "RoundOutcome",
+            Self::FlTaskQuery { .. } => "FlTaskQuery",
+            Self::FlTaskTerms { .. } => "FlTaskTerms",
         }
     }
 

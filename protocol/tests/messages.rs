@@ -2,8 +2,8 @@
 //! truncation, and forged lengths.
 
 use protocol::{
-    ErrorCode, InferenceOutput, KeyUsage, Message, OutputPolicy, PROTOCOL_VERSION, ProtocolError,
-    QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData,
+    ErrorCode, FlTaskTerms, InferenceOutput, KeyUsage, Message, OutputPolicy, PROTOCOL_VERSION,
+    ProtocolError, QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData,
 };
 
 /// One value of every variant (and every inner enum variant).
@@ -146,6 +146,23 @@ fn samples() -> Vec<Message> {
             updates: 1,
             min_clients: 2,
         },
+        Message::FlTaskQuery {
+            task: "digits-fl".into(),
+        },
+        Message::FlTaskTerms {
+            terms: FlTaskTerms {
+                task: "digits-fl".into(),
+                arch: "softmax".into(),
+                rule: "trimmed-mean:0.2".into(),
+                clip_norm: 2.0,
+                noise_multiplier: 0.8,
+                min_clients: 2,
+                max_clients: 10,
+                rounds: 5,
+                devices: vec![vec![9; 32]],
+                allow_insecure_devices: true,
+            },
+        },
     ]
 }
 
@@ -153,7 +170,7 @@ fn samples() -> Vec<Message> {
 fn every_variant_round_trips() {
     let samples = samples();
     let kinds: std::collections::BTreeSet<_> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 16, "a sample of every variant: {kinds:?}");
+    assert_eq!(kinds.len(), 18, "a sample of every variant: {kinds:?}");
     for msg in samples {
         let bytes = msg.encode().unwrap();
         let back = Message::decode(&bytes).unwrap();

@@ -3,8 +3,8 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use protocol::{
-    ErrorCode, FrameDecoder, HEADER_LEN, InferenceOutput, KeyUsage, Message, OutputPolicy,
-    QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData, encode_frame,
+    ErrorCode, FlTaskTerms, FrameDecoder, HEADER_LEN, InferenceOutput, KeyUsage, Message,
+    OutputPolicy, QueryBudget, SecretBytes, ServingPolicy, Tensor, TensorData, encode_frame,
 };
 
 /// Feed `chunks` to `decoder` the way a reader would; returns the frames and
@@ -207,6 +207,39 @@ fn message() -> impl Strategy<Value = Message> {
                 min_clients,
             }
         ),
+        text().prop_map(|task| Message::FlTaskQuery { task }),
+        (
+            text(),
+            // Finite: NaN would not compare equal after the round trip.
+            -1e6f32..1e6,
+            -1e6f64..1e6,
+            any::<(u32, u32, u64, bool)>(),
+            vec(vec(any::<u8>(), 0..70), 0..4)
+        )
+            .prop_map(
+                |(
+                    task,
+                    clip_norm,
+                    noise_multiplier,
+                    (min_clients, max_clients, rounds, allow_insecure_devices),
+                    devices,
+                )| {
+                    Message::FlTaskTerms {
+                        terms: FlTaskTerms {
+                            task: task.clone(),
+                            arch: task.clone(),
+                            rule: task,
+                            clip_norm,
+                            noise_multiplier,
+                            min_clients,
+                            max_clients,
+                            rounds,
+                            devices,
+                            allow_insecure_devices,
+                        },
+                    }
+                }
+            ),
     ]
 }
 

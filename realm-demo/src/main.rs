@@ -216,6 +216,33 @@ fn setup(bin: PathBuf, dir: PathBuf, data: PathBuf, devices: usize, rounds: usiz
     let seal: Vec<&str> = seal.iter().map(String::as_str).collect();
     let bundle = ok(&bin.join("model-provider"), &seal)?.trim().to_string();
 
+    // The federated task's terms are the provider's: the runtime's host
+    // cannot change them (its `--fl-*` flags may only narrow them).
+    let clients = (devices + 1).to_string();
+    let rounds_text = rounds.to_string();
+    let mut define: Vec<&str> = vec![
+        "task",
+        "define",
+        "--id",
+        "digits-fl",
+        "--rule",
+        "median",
+        "--clip",
+        "2",
+        "--min-clients",
+        &clients,
+        "--max-clients",
+        &clients,
+        // The task ends after `rounds`: a device's join after the last round
+        // gets the final global model instead of a round that nobody finishes.
+        "--rounds",
+        &rounds_text,
+        // INSECURE: every device of the demo runs on the emulated platform.
+        "--allow-insecure-devices",
+    ];
+    define.extend(ks.iter().map(String::as_str));
+    ok(&bin.join("model-provider"), &define)?;
+
     let mut c = Command::new(bin.join("model-provider"));
     c.args([
         "serve",
@@ -265,24 +292,7 @@ fn setup(bin: PathBuf, dir: PathBuf, data: PathBuf, devices: usize, rounds: usiz
         "--model",
         &format!("digits={bundle}"),
     ]);
-    let clients = (devices + 1).to_string();
-    c.args([
-        "--fl-task",
-        "digits-fl",
-        "--fl-rule",
-        "median",
-        "--fl-clip",
-        "2",
-    ]);
-    c.args(["--fl-min-clients", &clients, "--fl-max-clients", &clients]);
-    // The task ends after `rounds`: a device's join after the last round
-    // gets the final global model instead of a round that nobody finishes.
-    c.args([
-        "--fl-deadline-secs",
-        "60",
-        "--fl-rounds",
-        &rounds.to_string(),
-    ]);
+    c.args(["--fl-task", "digits-fl", "--fl-deadline-secs", "60"]);
     let (s, runtime) = serve(c, &dir.join("runtime.log"))?;
     servers.push(s);
     Ok(Demo {

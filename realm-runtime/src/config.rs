@@ -13,10 +13,9 @@ use clap::Args;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::federated::FlConfig;
 use crate::models::ModelSpec;
-use fl::aggregate::{Aggregator, Rule};
-use fl::train::Arch;
+use fl::aggregate::Rule;
+use protocol::HostNarrowing;
 
 /// Flags of `serve` (each overrides the same key in `--config`).
 #[derive(Args, Debug, Default)]
@@ -51,6 +50,12 @@ pub struct ServeArgs {
     /// Accept peers admitted on the INSECURE emulated platform.
     #[arg(long)]
     pub allow_insecure_peers: bool,
+    /// High-assurance mode: every device session, and every session with
+    /// the provider, starts with fresh evidence both ways (bound to the TLS
+    /// session). Devices need `--fresh-evidence` too, the provider
+    /// `serve --fresh-evidence`.
+    #[arg(long)]
+    pub fresh_evidence: bool,
     /// A model to serve, ID=BUNDLE_HASH (repeat). More can be announced by the provider.
     #[arg(long = "model", value_name = "ID=BUNDLE")]
     pub models: Vec<String>,
@@ -77,34 +82,38 @@ pub struct ServeArgs {
     #[arg(long)]
     pub revocation_refresh_secs: Option<u64>,
     /// Coordinate a federated-learning task of this name (devices join it).
+    /// Its terms (rule, clipping, noise, client bounds, rounds, device
+    /// builds) come from the model provider; the `--fl-*` flags below may
+    /// only narrow them, and one that would weaken them stops the runtime.
     #[arg(long, help_heading = "Federated learning")]
     pub fl_task: Option<String>,
-    /// Global model: softmax (64→10) or mlp (64→32→10).
-    #[arg(long, default_value = "softmax", help_heading = "Federated learning")]
-    pub fl_arch: String,
-    /// Aggregation rule: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M.
-    #[arg(long, default_value = "median", help_heading = "Federated learning")]
-    pub fl_rule: String,
-    /// Per-update L2 clipping norm (0 = none).
-    #[arg(long, default_value_t = 2.0, help_heading = "Federated learning")]
-    pub fl_clip: f32,
-    /// Gaussian noise multiplier z for central DP (needs clipping; 0 = none).
-    #[arg(long, default_value_t = 0.0, help_heading = "Federated learning")]
-    pub fl_noise: f64,
-    /// Updates needed to aggregate a round.
-    #[arg(long, default_value_t = 2, help_heading = "Federated learning")]
-    pub fl_min_clients: usize,
-    /// Updates that close a round early.
-    #[arg(long, default_value_t = 10, help_heading = "Federated learning")]
-    pub fl_max_clients: usize,
-    /// Seconds a round accepts updates (stragglers after it are refused).
-    #[arg(long, default_value_t = 60, help_heading = "Federated learning")]
-    pub fl_deadline_secs: u64,
-    /// Rounds to run.
-    #[arg(long, default_value_t = 10, help_heading = "Federated learning")]
-    pub fl_rounds: u64,
-    /// Let only devices with this measurement join the task (hex; repeat)
-    /// [default: every device the policy trusts].
+    /// Must equal the provider's architecture: softmax or mlp.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_arch: Option<String>,
+    /// Must equal the provider's aggregation rule (fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M).
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_rule: Option<String>,
+    /// Lower the per-update L2 clipping norm below the provider's.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_clip: Option<f32>,
+    /// Raise the Gaussian noise multiplier z above the provider's.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_noise: Option<f64>,
+    /// Raise the updates needed to aggregate a round.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_min_clients: Option<u32>,
+    /// Lower the updates that close a round early.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_max_clients: Option<u32>,
+    /// Seconds a round accepts updates (stragglers after it are refused)
+    /// [default: 60]. Not a privacy setting: the host chooses it.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_deadline_secs: Option<u64>,
+    /// Run fewer rounds than the provider's terms allow.
+    #[arg(long, help_heading = "Federated learning")]
+    pub fl_rounds: Option<u64>,
+    /// Let only these of the provider's allowed device measurements join
+    /// (hex; repeat).
     #[arg(
         long = "fl-device-measurement",
         value_name = "HEX",
@@ -113,26 +122,31 @@ pub struct ServeArgs {
     pub fl_device_measurements: Vec<String>,
 }
 
+/// What the runtime's host says about a federated task: its name, how it
+/// narrows the provider's terms, and the round deadline.
+#[derive(Debug, Clone)]
+pub struct FlHost {
+    /// The task.
+    pub task: String,
+    /// Narrowings of the provider's terms.
+    pub narrowing: HostNarrowing,
+    /// Round deadline.
+    pub deadline: std::time::Duration,
+}
+
 impl ServeArgs {
-    fn federated(&self) -> Result<Option<FlConfig>, ConfigError> {
+    fn federated(&self) -> Result<Option<FlHost>, ConfigError> {
         let Some(task) = &self.fl_task else {
             return Ok(None);
         };
         let bad = |m: String| ConfigError::Invalid(m);
-        let arch = match self.fl_arch.as_str() {
-            "softmax" => Arch::SoftmaxRegression,
-            "mlp" => Arch::Mlp { hidden: 32 },
-            other => return Err(bad(format!("--fl-arch {other:?}: softmax or mlp"))),
-        };
-        let rule: Rule = self
+        // In fl's canonical text, as the provider writes it, so equal rules compare equal.
+        let rule = self
             .fl_rule
-            .parse()
+            .as_deref()
+            .map(|r| r.parse::<Rule>().map(|r| r.to_string()))
+            .transpose()
             .map_err(|e| bad(format!("--fl-rule: {e}")))?;
-        if self.fl_min_clients == 0 || self.fl_max_clients < self.fl_min_clients {
-            return Err(bad(
-                "--fl-min-clients must be ≥ 1 and ≤ --fl-max-clients".into()
-            ));
-        }
         let devices = self
             .fl_device_measurements
             .iter()
@@ -143,19 +157,20 @@ impl ServeArgs {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(FlConfig {
+        Ok(Some(FlHost {
             task: task.clone(),
-            devices,
-            arch,
-            aggregator: Aggregator {
+            narrowing: HostNarrowing {
                 rule,
-                clip_norm: (self.fl_clip > 0.0).then_some(self.fl_clip),
-                noise_multiplier: (self.fl_noise > 0.0).then_some(self.fl_noise),
+                arch: self.fl_arch.clone(),
+                clip_norm: self.fl_clip,
+                noise_multiplier: self.fl_noise,
+                min_clients: self.fl_min_clients,
+                max_clients: self.fl_max_clients,
+                rounds: self.fl_rounds,
+                devices,
+                allow_insecure_devices: None,
             },
-            min_clients: self.fl_min_clients,
-            max_clients: self.fl_max_clients,
-            deadline: std::time::Duration::from_secs(self.fl_deadline_secs.max(1)),
-            rounds: self.fl_rounds.max(1),
+            deadline: std::time::Duration::from_secs(self.fl_deadline_secs.unwrap_or(60).max(1)),
         }))
     }
 }
@@ -173,6 +188,7 @@ struct FileConfig {
     platform: Option<String>,
     platform_key: Option<PathBuf>,
     allow_insecure_peers: Option<bool>,
+    fresh_evidence: Option<bool>,
     cache_mb: Option<usize>,
     workers: Option<usize>,
     queue: Option<usize>,
@@ -236,6 +252,8 @@ pub struct Config {
     pub platform_key: Option<PathBuf>,
     /// Accept emulated peers.
     pub allow_insecure_peers: bool,
+    /// High-assurance mode.
+    pub fresh_evidence: bool,
     /// Models by id.
     pub models: HashMap<String, ModelSpec>,
     /// Cache size in bytes.
@@ -250,8 +268,9 @@ pub struct Config {
     pub max_message: usize,
     /// Revocation refresh period, seconds.
     pub revocation_refresh_secs: u64,
-    /// Federated-learning coordination, if enabled.
-    pub federated: Option<FlConfig>,
+    /// Federated-learning coordination, if enabled (the terms come from
+    /// the provider at start).
+    pub federated: Option<FlHost>,
 }
 
 fn bundle_id(id: &str, hex: &str) -> Result<BlobId, ConfigError> {
@@ -380,6 +399,7 @@ impl Config {
             platform_key: args.platform_key.or(f.platform_key),
             allow_insecure_peers: args.allow_insecure_peers
                 || f.allow_insecure_peers.unwrap_or(false),
+            fresh_evidence: args.fresh_evidence || f.fresh_evidence.unwrap_or(false),
             models,
             cache_bytes: args
                 .cache_mb
@@ -432,10 +452,8 @@ input_shape = [0, 3, 640, 640]
     fn a_task_lists_the_device_measurements_it_admits() {
         let args = |m: &str| ServeArgs {
             fl_task: Some("digits".into()),
-            fl_arch: "softmax".into(),
-            fl_rule: "median".into(),
-            fl_min_clients: 1,
-            fl_max_clients: 2,
+            fl_rule: Some("trimmed-mean:0.20".into()),
+            fl_noise: Some(1.5),
             fl_device_measurements: vec![m.to_string()],
             ..Default::default()
         };
@@ -444,11 +462,26 @@ input_shape = [0, 3, 640, 640]
             .unwrap()
             .federated
             .unwrap();
-        assert_eq!(fl.devices, vec![vec![0xab; 64]]);
+        assert_eq!(fl.narrowing.devices, vec![vec![0xab; 64]]);
+        // The rule is kept in fl's canonical text, as the provider writes it.
+        assert_eq!(fl.narrowing.rule.as_deref(), Some("trimmed-mean:0.2"));
+        assert_eq!(fl.narrowing.noise_multiplier, Some(1.5));
+        assert_eq!(fl.narrowing.clip_norm, None);
+        assert_eq!(fl.deadline, std::time::Duration::from_secs(60));
         for bad in ["zz", "abcd", &"ab".repeat(65)] {
             let e = Config::resolve(args(bad), Some(&file())).unwrap_err();
             assert!(e.to_string().contains("--fl-device-measurement"), "{e}");
         }
+        let e = Config::resolve(
+            ServeArgs {
+                fl_task: Some("digits".into()),
+                fl_rule: Some("mean".into()),
+                ..Default::default()
+            },
+            Some(&file()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--fl-rule"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fl::aggregate::{Aggregator, Update};
+use fl::aggregate::{Aggregator, Rule, Update};
 use fl::onnx_model;
 use fl::round::{Rejected, Round, RoundConfig, Status};
 use fl::train::{Arch, Params, init};
@@ -28,16 +28,19 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use blob_store::{AnyStore, BlobId, BlobStore};
-use protocol::KeyUsage;
 use protocol::sealed::{BundleMeta, DEFAULT_CHUNK_SIZE, ModelKey, open_to_vec, seal_bytes};
+use protocol::{FlTaskTerms, KeyUsage};
 
 use crate::provider::ProviderClient;
 
-/// What `--fl-*` configures.
+/// A task's settings as the coordinator runs it: the provider's terms,
+/// narrowed by the host (see `protocol::FlTaskTerms`), plus the deadline.
 #[derive(Debug, Clone)]
 pub struct FlConfig {
     /// Task name devices join.
     pub task: String,
+    /// The terms enforced, as devices are shown them.
+    pub terms: FlTaskTerms,
     /// Device measurements allowed to join; empty: every device the policy
     /// admits. Joining gives a device the global model and a say in it.
     pub devices: Vec<Vec<u8>>,
@@ -53,6 +56,37 @@ pub struct FlConfig {
     pub deadline: Duration,
     /// Rounds to run (then JoinRound is refused).
     pub rounds: u64,
+}
+
+impl FlConfig {
+    /// Run `terms` (already narrowed by the host) with round `deadline`.
+    pub fn from_terms(terms: FlTaskTerms, deadline: Duration) -> anyhow::Result<Self> {
+        terms.validate()?;
+        let arch = match terms.arch.as_str() {
+            "softmax" => Arch::SoftmaxRegression,
+            "mlp" => Arch::Mlp { hidden: 32 },
+            other => anyhow::bail!("the task's architecture {other:?} is not softmax or mlp"),
+        };
+        let rule: Rule = terms
+            .rule
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the task's aggregation rule: {e}"))?;
+        Ok(Self {
+            task: terms.task.clone(),
+            devices: terms.devices.clone(),
+            arch,
+            aggregator: Aggregator {
+                rule,
+                clip_norm: (terms.clip_norm > 0.0).then_some(terms.clip_norm),
+                noise_multiplier: (terms.noise_multiplier > 0.0).then_some(terms.noise_multiplier),
+            },
+            min_clients: usize::try_from(terms.min_clients)?,
+            max_clients: usize::try_from(terms.max_clients)?,
+            deadline,
+            rounds: terms.rounds,
+            terms,
+        })
+    }
 }
 
 /// Where new global models go: sealed into the blob store under a fresh
@@ -148,7 +182,7 @@ impl Publisher {
         let global = onnx_model::read_params(&onnx)
             .map_err(|e| anyhow::anyhow!("the deposited global model: {e}"))?;
         global.check_matches(arch).map_err(|e| {
-            anyhow::anyhow!("the deposited global model does not fit --fl-arch: {e}")
+            anyhow::anyhow!("the deposited global model does not fit the task's architecture: {e}")
         })?;
         Ok(Some(Resume { completed, global }))
     }
@@ -274,9 +308,17 @@ impl Coordinator {
         &self.config.task
     }
 
-    /// May a device with this measurement join the task?
-    pub fn admits(&self, measurement: &[u8]) -> bool {
-        self.config.devices.is_empty() || self.config.devices.iter().any(|m| m == measurement)
+    /// May this device join the task? Its measurement must be one the
+    /// terms allow, and a device on the INSECURE emulated platform only
+    /// where the terms allow those.
+    pub fn admits(&self, measurement: &[u8], insecure_platform: bool) -> bool {
+        (self.config.devices.is_empty() || self.config.devices.iter().any(|m| m == measurement))
+            && (!insecure_platform || self.config.terms.allow_insecure_devices)
+    }
+
+    /// The terms devices are shown.
+    pub fn terms(&self) -> &FlTaskTerms {
+        &self.config.terms
     }
 
     /// The round a device should train in: the current one, unless the

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attestation::atls::server_name;
+use attestation::certifier::keys::PublicKey;
 use blob_store::BlobId;
 use protocol::sealed::ModelKey;
-use protocol::{ErrorCode, Framed, KeyUsage, Message, ProtocolError, ServingPolicy};
+use protocol::{
+    ErrorCode, FlTaskTerms, Framed, FreshParty, KeyUsage, Message, ProtocolError, ServingPolicy,
+};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -38,6 +41,27 @@ pub enum KeyError {
     /// The provider sent something that is not a usable key.
     #[error("the model provider sent an unusable key: {0}")]
     BadKey(&'static str),
+    /// High-assurance mode: the fresh-evidence exchange with the provider failed.
+    #[error("fresh evidence with the model provider failed [{code}]: {reason}")]
+    Fresh {
+        /// The failed check.
+        code: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The provider sent task terms that are not usable.
+    #[error("the model provider sent unusable task terms: {0}")]
+    BadTerms(String),
+    /// The provider did not give this runtime the task's terms.
+    #[error(
+        "the model provider gave no terms for federated task {task:?} ({reason}); define them there with `model-provider task define --id {task} ...` and serve it with `--federated-task {task}`"
+    )]
+    NoTerms {
+        /// The task.
+        task: String,
+        /// The provider's answer.
+        reason: String,
+    },
     /// The provider already holds this global model version or a newer one.
     #[error("the model provider refused the global model of {model_id:?}: {detail}")]
     VersionNotNewer {
@@ -57,6 +81,9 @@ pub const DEPOSIT_VERSION_NOT_NEWER: &str = "deposit-version-not-newer";
 pub struct ProviderClient {
     addr: String,
     tls: TlsConnector,
+    /// High-assurance mode: each session starts with fresh evidence both
+    /// ways; the key reads the provider's certificate back from the session.
+    fresh: Option<(FreshParty, PublicKey)>,
 }
 
 impl std::fmt::Debug for ProviderClient {
@@ -75,7 +102,15 @@ impl ProviderClient {
         Self {
             addr,
             tls: TlsConnector::from(tls),
+            fresh: None,
         }
+    }
+
+    /// Start every session with the fresh-evidence exchange (for a provider
+    /// run with `--fresh-evidence`); `policy_key` verifies its certificate.
+    pub fn with_fresh_evidence(mut self, party: FreshParty, policy_key: PublicKey) -> Self {
+        self.fresh = Some((party, policy_key));
+        self
     }
 
     /// An attested session with the provider, after the hello.
@@ -105,6 +140,15 @@ impl ProviderClient {
                 concat!("realm-runtime/", env!("CARGO_PKG_VERSION")),
             )
             .await?;
+        if let Some((party, policy_key)) = &self.fresh {
+            party
+                .exchange_as_client(&mut framed, policy_key)
+                .await
+                .map_err(|e| KeyError::Fresh {
+                    code: e.code(),
+                    reason: e.to_string(),
+                })?;
+        }
         Ok(framed)
     }
 
@@ -145,6 +189,36 @@ impl ProviderClient {
             },
             other => Err(KeyError::Protocol(ProtocolError::UnexpectedMessage {
                 expected: "SealedModelAnnouncement",
+                got: other.kind(),
+            })),
+        }
+    }
+
+    /// The terms of federated task `task`, as the provider defines them
+    /// (validated). A refusal means this runtime may not coordinate it.
+    pub async fn task_terms(&self, task: &str) -> Result<FlTaskTerms, KeyError> {
+        let mut framed = self.session().await?;
+        framed
+            .send(&Message::FlTaskQuery {
+                task: task.to_string(),
+            })
+            .await?;
+        let reply = framed.recv().await?;
+        let _ = framed.shutdown().await;
+        match reply {
+            Message::FlTaskTerms { terms } if terms.task == task => {
+                terms
+                    .validate()
+                    .map_err(|e| KeyError::BadTerms(e.to_string()))?;
+                Ok(terms)
+            }
+            Message::FlTaskTerms { .. } => Err(KeyError::BadTerms("terms of another task".into())),
+            Message::Error { message, .. } => Err(KeyError::NoTerms {
+                task: task.to_string(),
+                reason: message.chars().take(256).collect(),
+            }),
+            other => Err(KeyError::Protocol(ProtocolError::UnexpectedMessage {
+                expected: "FlTaskTerms",
                 got: other.kind(),
             })),
         }

@@ -22,8 +22,8 @@ use attestation::certifier::keys::PublicKey;
 use attestation::certifier::policy::Role;
 use blob_store::{AnyStore, BlobId};
 use protocol::{
-    BoundedListener, ErrorCode, Framed, InferenceOutput, Limits, ListenEvent, ListenLimits,
-    Message, ProtocolError, Tensor, accept_attested,
+    BoundedListener, ErrorCode, Framed, FreshParty, InferenceOutput, Limits, ListenEvent,
+    ListenLimits, Message, ProtocolError, Tensor, accept_attested,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::federated::{Coordinator, Joined, Publisher};
+use crate::federated::{Coordinator, FlConfig, Joined, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::models::{ModelError, Models};
 use crate::pool::{InferencePool, PoolError};
@@ -117,6 +117,8 @@ struct Runtime {
     /// Revocations, kept current from the signed policy: every request
     /// re-checks its session against them.
     revoked: RevocationList,
+    /// High-assurance mode: device sessions start with fresh evidence both ways.
+    fresh: Option<FreshParty>,
 }
 
 /// Why one inference request failed: each maps to one wire code, one
@@ -210,6 +212,20 @@ impl Runtime {
     }
 }
 
+/// Say what `--allow-insecure-peers` did: accepted only where the signed
+/// policy trusts an INSECURE platform.
+fn insecure_peers_note(asked: bool, granted: bool) {
+    if granted {
+        warn!(
+            "INSECURE: accepting peers admitted on the emulated platform or public test material"
+        );
+    } else if asked {
+        warn!(
+            "--allow-insecure-peers has no effect: the signed policy trusts no INSECURE platform, so INSECURE peers are refused"
+        );
+    }
+}
+
 /// Largest bundle fetched, when the cache is smaller.
 const MIN_MAX_BUNDLE: u64 = 64 << 20;
 
@@ -230,11 +246,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
 
     let mut peers = PeerRequirement::roles([Role::device(), Role::provider()])?;
     let mut provider = PeerRequirement::roles([Role::provider()])?;
-    if cfg.allow_insecure_peers {
-        warn!("INSECURE: accepting peers admitted on the emulated platform");
-        peers = peers.allow_insecure_emulated_platform();
-        provider = provider.allow_insecure_emulated_platform();
-    }
+    let policy = admitted.policy.get();
+    let insecure = peers.allow_insecure_if_policy_does(cfg.allow_insecure_peers, &policy);
+    provider.allow_insecure_if_policy_does(cfg.allow_insecure_peers, &policy);
+    insecure_peers_note(cfg.allow_insecure_peers, insecure);
     let server_tls = server_config(
         &admitted.identity,
         admitted.anchor.clone(),
@@ -248,22 +263,60 @@ pub async fn serve(cfg: Config) -> Result<()> {
         admitted.revoked.clone(),
     )?;
 
+    // High-assurance mode: this runtime gives and demands fresh evidence,
+    // bound to the TLS session, on every device session and on its own
+    // sessions with the provider.
+    let fresh = cfg.fresh_evidence.then(|| FreshParty {
+        own_spki: admitted.own_spki.clone(),
+        platform: platform.clone(),
+        policy: admitted.policy.clone(),
+    });
+    if fresh.is_some() {
+        info!(
+            "high-assurance mode: device and provider sessions start with fresh evidence both ways"
+        );
+    }
+    let provider_client = {
+        let c = ProviderClient::new(cfg.provider.clone(), provider_tls.clone());
+        match &fresh {
+            Some(f) => c.with_fresh_evidence(f.clone(), admitted.anchor.key().clone()),
+            None => c,
+        }
+    };
     let store = AnyStore::open(&cfg.store).context("opening the blob store")?;
     let metrics = Metrics::new();
     let models = Arc::new(Models::new(
         cfg.models,
         store,
-        ProviderClient::new(cfg.provider.clone(), provider_tls.clone()),
+        provider_client.clone(),
         metrics.clone(),
         cfg.cache_bytes,
         (cfg.cache_bytes as u64).max(MIN_MAX_BUNDLE),
     ));
     let fl = match cfg.federated.clone() {
-        Some(c) => {
+        Some(host) => {
             let publisher = Publisher {
                 store: AnyStore::open(&cfg.store).context("opening the blob store")?,
-                provider: ProviderClient::new(cfg.provider.clone(), provider_tls.clone()),
+                provider: provider_client.clone(),
             };
+            // The task's terms come from the provider, over attested TLS into
+            // this realm; the host's flags may only narrow them.
+            let signed = publisher.provider.task_terms(&host.task).await?;
+            let terms = signed.narrowed(&host.narrowing).with_context(|| {
+                format!(
+                    "federated task {:?}: the provider's terms are {}",
+                    host.task,
+                    signed.summary()
+                )
+            })?;
+            if terms != signed {
+                info!("federated task narrowed by this host: {}", terms.summary());
+            }
+            info!("federated task terms: {}", terms.summary());
+            if terms.allow_insecure_devices {
+                warn!("INSECURE: the task's terms let devices on the emulated platform take part");
+            }
+            let c = FlConfig::from_terms(terms, host.deadline)?;
             // Resume from the last deposited round: starting over would
             // roll the task's model back.
             let resume = publisher.last_deposited(&c.task, &c.arch).await?;
@@ -279,6 +332,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         budgets: Budgets::default(),
         metrics: metrics.clone(),
         revoked: admitted.revoked.clone(),
+        fresh: fresh.clone(),
     });
     let limits = Limits {
         max_frame: cfg.max_message,
@@ -404,7 +458,7 @@ async fn device_session<S>(
     peer: &VerifiedPeer,
 ) -> Result<(), ProtocolError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + protocol::TlsSession,
 {
     // Budgets are per CCA platform instance, not per admitted key: a phone
     // that re-admits keeps its budget.
@@ -416,6 +470,19 @@ where
         .try_into()
         .unwrap_or([0; 32]);
     framed.server_hello().await?;
+    if let Some(f) = &rt.fresh {
+        match f.exchange(&mut framed, peer).await {
+            Ok(_) => {
+                debug!(measurement = %hex::encode(&peer.measurement), "fresh evidence verified")
+            }
+            Err(e) => {
+                rt.metrics.attestation_failures.inc();
+                rt.metrics.error("fresh-evidence-refused");
+                warn!(measurement = %hex::encode(&peer.measurement), code = e.code(), "ending a device session: {e}");
+                return Ok(());
+            }
+        }
+    }
     // The last federated round this device sent an update to.
     let mut submitted: Option<u64> = None;
     loop {
@@ -465,12 +532,31 @@ where
                 rt.metrics.latency.observe(started.elapsed().as_secs_f64());
                 reply
             }
-            Message::JoinRound { task } => match &rt.fl {
-                Some(fl) if fl.task() == task && !fl.admits(&peer.measurement) => {
+            Message::FlTaskQuery { task } => match &rt.fl {
+                Some(fl)
+                    if fl.task() == task
+                        && !fl.admits(&peer.measurement, peer.insecure_platform) =>
+                {
                     rt.metrics.error("fl-device-not-allowed");
                     Message::error(
                         ErrorCode::Refused,
-                        "this device's measurement may not join this federated task",
+                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
+                    )
+                }
+                Some(fl) if fl.task() == task => Message::FlTaskTerms {
+                    terms: fl.terms().clone(),
+                },
+                _ => Message::error(ErrorCode::NotFound, "no such federated task here"),
+            },
+            Message::JoinRound { task } => match &rt.fl {
+                Some(fl)
+                    if fl.task() == task
+                        && !fl.admits(&peer.measurement, peer.insecure_platform) =>
+                {
+                    rt.metrics.error("fl-device-not-allowed");
+                    Message::error(
+                        ErrorCode::Refused,
+                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
                     )
                 }
                 Some(fl) if fl.task() == task => {
@@ -505,11 +591,11 @@ where
                 num_samples,
                 delta,
             } => match &rt.fl {
-                Some(fl) if !fl.admits(&peer.measurement) => {
+                Some(fl) if !fl.admits(&peer.measurement, peer.insecure_platform) => {
                     rt.metrics.error("fl-device-not-allowed");
                     Message::error(
                         ErrorCode::Refused,
-                        "this device's measurement may not join this federated task",
+                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
                     )
                 }
                 Some(fl) => {
@@ -540,11 +626,14 @@ where
                 None => Message::error(ErrorCode::NotFound, "no federated task here"),
             },
             Message::RoundOutcomeQuery { task, round } => match &rt.fl {
-                Some(fl) if fl.task() == task && !fl.admits(&peer.measurement) => {
+                Some(fl)
+                    if fl.task() == task
+                        && !fl.admits(&peer.measurement, peer.insecure_platform) =>
+                {
                     rt.metrics.error("fl-device-not-allowed");
                     Message::error(
                         ErrorCode::Refused,
-                        "this device's measurement may not join this federated task",
+                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
                     )
                 }
                 Some(fl) if fl.task() == task => {

@@ -22,9 +22,16 @@ fn result(m: Message) -> (bool, String) {
     }
 }
 
-/// Certifier, provider and a runtime coordinating task "digits" with `fl`
-/// flags. Returns the directory, certifier, processes and runtime address.
-fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, PathBuf, String) {
+/// Certifier, provider and a runtime coordinating task "digits" under the
+/// provider's `terms` (`model-provider task define` flags; INSECURE devices
+/// are allowed, since every test device runs on the emulated platform) and
+/// the runtime host's `fl` flags. Returns the directory, certifier,
+/// processes and runtime address.
+fn start(
+    name: &str,
+    terms: &[&str],
+    fl: &[&str],
+) -> (TestDir, Certifier, Vec<Proc>, String, PathBuf, String) {
     let dir = TestDir::new("fl", name);
     let agent = sibling_bin(RUNTIME, "device-agent");
     let provider_bin = sibling_bin(RUNTIME, "model-provider");
@@ -34,6 +41,9 @@ fn start(name: &str, fl: &[&str]) -> (TestDir, Certifier, Vec<Proc>, String, Pat
         ("device", agent.display().to_string()),
     ];
     let certifier = Certifier::start(&sibling_bin(RUNTIME, "certifier-service"), &dir, &trusted);
+    let mut terms = terms.to_vec();
+    terms.push("--allow-insecure-devices");
+    testkit::define_task(&provider_bin, &dir, "digits", &terms);
     let (provider, provider_addr) = testkit::start_provider_with(
         &provider_bin,
         &dir,
@@ -66,7 +76,7 @@ async fn a_task_refuses_devices_it_does_not_list_and_keeps_serving() {
     // The policy trusts the agent as a device, but this task lists another build.
     let other = hex::encode([0x42u8; 64]);
     let (_dir, certifier, _procs, addr, agent, _) =
-        start("allow-list", &["--fl-device-measurement", &other]);
+        start("allow-list", &[], &["--fl-device-measurement", &other]);
     let me = certifier.admit(&agent, Role::device()).await;
     let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
         .await
@@ -109,19 +119,18 @@ async fn a_task_refuses_devices_it_does_not_list_and_keeps_serving() {
 async fn bad_updates_are_refused_and_the_round_goes_on() {
     // The task lists the agent's build, so the test device may join.
     let listed = agent_measurement();
-    let fl = [
-        "--fl-device-measurement",
+    let terms = [
+        "--device-measurement",
         &listed,
-        "--fl-min-clients",
+        "--min-clients",
         "1",
-        "--fl-max-clients",
+        "--max-clients",
         "2",
-        "--fl-deadline-secs",
-        "2",
-        "--fl-rounds",
+        "--rounds",
         "5",
     ];
-    let (_dir, certifier, _procs, addr, agent, _) = start("bad", &fl);
+    let (_dir, certifier, _procs, addr, agent, _) =
+        start("bad", &terms, &["--fl-deadline-secs", "2"]);
     let me = certifier.admit(&agent, Role::device()).await;
     let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
         .await
@@ -244,21 +253,20 @@ fn rows(name: &str) -> Vec<(Vec<f32>, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_devices_train_close_to_centralized() {
-    let fl = [
-        "--fl-rule",
+    let terms = [
+        "--rule",
         "fedavg",
-        "--fl-clip",
+        "--clip",
         "0",
-        "--fl-min-clients",
+        "--min-clients",
         "10",
-        "--fl-max-clients",
+        "--max-clients",
         "10",
-        "--fl-deadline-secs",
-        "60",
-        "--fl-rounds",
+        "--rounds",
         "5",
     ];
-    let (dir, certifier, _procs, addr, agent, provider_addr) = start("ten", &fl);
+    let (dir, certifier, _procs, addr, agent, provider_addr) =
+        start("ten", &terms, &["--fl-deadline-secs", "60"]);
     let train = std::fs::read_to_string(testkit::model_file("digits_train.csv")).unwrap();
     let lines: Vec<&str> = train.lines().collect();
     let test_csv = testkit::model_file("digits_test.csv").display().to_string();
@@ -452,19 +460,18 @@ async fn a_device_says_which_rounds_were_discarded_after_another_device_left() {
     // and stops; B goes on alone for three, so at least two of B's rounds
     // close with one update and are discarded. (Which round A shares with
     // B depends on start-up timing; the assertions hold for every order.)
-    let fl = [
-        "--fl-rule",
+    let terms = [
+        "--rule",
         "fedavg",
-        "--fl-min-clients",
+        "--min-clients",
         "2",
-        "--fl-max-clients",
+        "--max-clients",
         "2",
-        "--fl-deadline-secs",
-        "8",
-        "--fl-rounds",
+        "--rounds",
         "50",
     ];
-    let (dir, certifier, _procs, addr, agent, _) = start("discarded", &fl);
+    let (dir, certifier, _procs, addr, agent, _) =
+        start("discarded", &terms, &["--fl-deadline-secs", "8"]);
     let train = std::fs::read_to_string(testkit::model_file("digits_train.csv")).unwrap();
     let lines: Vec<&str> = train.lines().collect();
     let mut handles = Vec::new();
@@ -617,4 +624,184 @@ async fn a_device_says_which_rounds_were_discarded_after_another_device_left() {
             ..
         }
     ));
+}
+
+/// Issue 17.6: the host's flags cannot weaken the provider's task terms.
+/// Each weakening flag stops the runtime before it serves, naming the flag
+/// and the provider's value; a narrowing is applied and is what devices
+/// are shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_flags_only_narrow_the_providers_task_terms() {
+    let terms = [
+        "--noise",
+        "1.0",
+        "--clip",
+        "2",
+        "--min-clients",
+        "2",
+        "--rounds",
+        "4",
+    ];
+    let (dir, certifier, _procs, addr, agent, provider_addr) =
+        start("narrow", &terms, &["--fl-noise", "1.5", "--fl-rounds", "3"]);
+    // The running (narrowed) task, as a device sees it.
+    let me = certifier.admit(&agent, Role::device()).await;
+    let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
+        .await
+        .unwrap();
+    c.send(&Message::FlTaskQuery {
+        task: "digits".into(),
+    })
+    .await
+    .unwrap();
+    match c.recv().await.unwrap() {
+        Message::FlTaskTerms { terms } => {
+            assert_eq!(terms.noise_multiplier, 1.5);
+            assert_eq!(terms.rounds, 3);
+            assert_eq!(terms.clip_norm, 2.0);
+            assert_eq!(terms.min_clients, 2);
+            assert_eq!(terms.rule, "median");
+        }
+        other => panic!("expected the task's terms, got {other:?}"),
+    }
+
+    // A second runtime on the same provider whose host weakens the terms.
+    for (flags, named) in [
+        (&["--fl-noise", "0"][..], "--fl-noise"),
+        (&["--fl-clip", "0"][..], "--fl-clip"),
+        (&["--fl-min-clients", "1"][..], "--fl-min-clients"),
+        (&["--fl-rounds", "9"][..], "--fl-rounds"),
+        (&["--fl-rule", "fedavg"][..], "--fl-rule"),
+    ] {
+        let mut r = testkit::runtime_command(Path::new(RUNTIME), &dir, &certifier, &provider_addr);
+        r.args(["--fl-task", "digits"]).args(flags);
+        let out = tokio::task::spawn_blocking(move || r.output().unwrap())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} must stop the runtime");
+        assert!(
+            err.contains(named) && err.contains("may only narrow"),
+            "{flags:?}: {err}"
+        );
+    }
+}
+
+/// Issue 17.6: a device sees the task's terms before it trains and refuses
+/// a task weaker than its floor, sending nothing of its data; a task whose
+/// terms do not allow INSECURE devices refuses an emulated one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refuses_a_task_below_its_floor_and_insecure_devices_need_the_terms() {
+    let (dir, certifier, _procs, addr, agent, _) =
+        // One update closes a round, so the device that trains is not kept
+        // waiting for the deadline.
+        start(
+            "floor",
+            &["--noise", "0.5", "--min-clients", "1", "--max-clients", "1"],
+            &[],
+        );
+    let csv = testkit::model_file("digits_test.csv").display().to_string();
+    let state = dir.p("device");
+    let key = certifier.platform_key.display().to_string();
+    let realm = [
+        "--state",
+        &state,
+        "--platform",
+        "insecure-emulated",
+        "--platform-key",
+        &key,
+    ];
+    let import = Command::new(&agent)
+        .args(["import", "--csv", &csv, "--labels", "last"])
+        .args(realm)
+        .output()
+        .unwrap();
+    let handle = ok(import).trim().to_string();
+    let train = |floor: &[&str]| {
+        let mut c = Command::new(&agent);
+        c.args([
+            "train",
+            "--runtime",
+            &addr,
+            "--task",
+            "digits",
+            "--rounds",
+            "1",
+        ])
+        .args(["--handle", &handle])
+        .args(["--certifier", &certifier.addr, "--allow-insecure-peers"])
+        .arg("--policy-cert")
+        .arg(&certifier.policy_cert)
+        .args(realm)
+        .args(floor);
+        c
+    };
+    let mut below = train(&["--min-noise", "1.0"]);
+    let out = tokio::task::spawn_blocking(move || below.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("noise_multiplier = 0.5 is below this device's floor (--min-noise 1)"),
+        "{err}"
+    );
+    assert!(err.contains("task-terms-below-floor"), "{err}");
+
+    // The same device with a floor the task meets trains a round.
+    let mut meets = train(&["--min-noise", "0.5", "--max-clip", "2"]);
+    let out = tokio::task::spawn_blocking(move || meets.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("noise z=0.5"), "the terms are shown: {err}");
+
+    // Terms without --allow-insecure-devices: an emulated device may not join.
+    let strict = TestDir::new("fl", "strict");
+    let trusted = [
+        (
+            "provider",
+            sibling_bin(RUNTIME, "model-provider").display().to_string(),
+        ),
+        ("runtime", RUNTIME.to_string()),
+        ("device", agent.display().to_string()),
+    ];
+    let certifier = Certifier::start(
+        &sibling_bin(RUNTIME, "certifier-service"),
+        &strict,
+        &trusted,
+    );
+    let provider_bin = sibling_bin(RUNTIME, "model-provider");
+    testkit::define_task(&provider_bin, &strict, "digits", &["--min-clients", "1"]);
+    let (_provider, provider_addr) = testkit::start_provider_with(
+        &provider_bin,
+        &strict,
+        &certifier,
+        &["--federated-task", "digits"],
+    );
+    let mut r = testkit::runtime_command(Path::new(RUNTIME), &strict, &certifier, &provider_addr);
+    r.args(["--fl-task", "digits"]);
+    let (_runtime, addr) = spawn_server(r);
+    let me = certifier.admit(&agent, Role::device()).await;
+    let mut c = testkit::connect(&addr, certifier.anchor(), &me, Role::runtime(), 16 << 20)
+        .await
+        .unwrap();
+    for m in [
+        Message::FlTaskQuery {
+            task: "digits".into(),
+        },
+        Message::JoinRound {
+            task: "digits".into(),
+        },
+    ] {
+        c.send(&m).await.unwrap();
+        match c.recv().await.unwrap() {
+            Message::Error { code, message } => {
+                assert_eq!(code, protocol::ErrorCode::Refused);
+                assert!(message.contains("INSECURE platform"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
 }

@@ -30,20 +30,21 @@ async fn connect(addr: &str, certifier: &Certifier, who: &Identity, role: Role) 
 fn start_runtime(dir: &TestDir, certifier: &Certifier, provider: &str) -> (Proc, String) {
     let mut r = testkit::runtime_command(Path::new(RUNTIME), dir, certifier, provider);
     r.args(["--fl-task", "digits"]);
-    r.args([
-        "--fl-min-clients",
-        "1",
-        "--fl-max-clients",
-        "1",
-        "--fl-deadline-secs",
-        "120",
-        "--fl-rounds",
-        "10",
-    ]);
+    r.args(["--fl-deadline-secs", "120"]);
     spawn_server(r)
 }
 
 fn start_provider(dir: &TestDir, certifier: &Certifier) -> (Proc, String) {
+    // Defining again (after a restart) keeps the same terms.
+    let terms = ["--min-clients", "1", "--max-clients", "1", "--rounds", "10"];
+    let mut terms = terms.to_vec();
+    terms.push("--allow-insecure-devices");
+    testkit::define_task(
+        &sibling_bin(RUNTIME, "model-provider"),
+        dir,
+        "digits",
+        &terms,
+    );
     testkit::start_provider_with(
         &sibling_bin(RUNTIME, "model-provider"),
         dir,

@@ -264,6 +264,23 @@ pub fn keystore_args(dir: &TestDir) -> Vec<String> {
     ]
 }
 
+/// `model-provider task define --id TASK TERMS...` into `dir`'s keystore
+/// (what `--federated-task TASK` needs before `serve` starts). Panics with
+/// the tool's output if it fails.
+pub fn define_task(provider_bin: &Path, dir: &TestDir, task: &str, terms: &[&str]) {
+    let out = Command::new(provider_bin)
+        .args(["task", "define", "--id", task])
+        .args(terms)
+        .args(keystore_args(dir))
+        .output()
+        .expect("running model-provider task define");
+    assert!(
+        out.status.success(),
+        "model-provider task define failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The blob store URL of `dir`.
 pub fn store_url(dir: &TestDir) -> String {
     format!("file://{}", dir.p("blobs"))

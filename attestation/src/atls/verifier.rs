@@ -101,6 +101,17 @@ impl PeerRequirement {
         self
     }
 
+    /// The host's `--allow-insecure-peers`, as far as the signed `policy`
+    /// allows it: INSECURE peers are accepted only while the policy itself
+    /// trusts an INSECURE platform (emulated or public test material). A
+    /// host cannot widen what the policy's owner decided; certificates an
+    /// older policy marked INSECURE are refused once the policy drops such
+    /// platforms. Returns whether INSECURE peers are now accepted.
+    pub fn allow_insecure_if_policy_does(&mut self, host_flag: bool, policy: &Policy) -> bool {
+        self.allow_insecure_platform = host_flag && policy.is_insecure();
+        self.allow_insecure_platform
+    }
+
     /// Check admission claims against this requirement.
     pub fn check(&self, claims: &AdmissionClaims) -> Result<(), PeerError> {
         if !self.roles.contains(&claims.role) {
