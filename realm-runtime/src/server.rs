@@ -212,6 +212,16 @@ impl Runtime {
     }
 }
 
+/// The refusal for a device the task's terms do not admit (its
+/// measurement, or its INSECURE platform), counted in the metrics.
+fn not_in_task(rt: &Runtime) -> Message {
+    rt.metrics.error("fl-device-not-allowed");
+    Message::error(
+        ErrorCode::Refused,
+        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
+    )
+}
+
 /// Say what `--allow-insecure-peers` did: accepted only where the signed
 /// policy trusts an INSECURE platform.
 fn insecure_peers_note(asked: bool, granted: bool) {
@@ -537,11 +547,7 @@ where
                     if fl.task() == task
                         && !fl.admits(&peer.measurement, peer.insecure_platform) =>
                 {
-                    rt.metrics.error("fl-device-not-allowed");
-                    Message::error(
-                        ErrorCode::Refused,
-                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
-                    )
+                    not_in_task(rt)
                 }
                 Some(fl) if fl.task() == task => Message::FlTaskTerms {
                     terms: fl.terms().clone(),
@@ -553,11 +559,7 @@ where
                     if fl.task() == task
                         && !fl.admits(&peer.measurement, peer.insecure_platform) =>
                 {
-                    rt.metrics.error("fl-device-not-allowed");
-                    Message::error(
-                        ErrorCode::Refused,
-                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
-                    )
+                    not_in_task(rt)
                 }
                 Some(fl) if fl.task() == task => {
                     let (info, done) = match fl.join(submitted).await {
@@ -592,11 +594,7 @@ where
                 delta,
             } => match &rt.fl {
                 Some(fl) if !fl.admits(&peer.measurement, peer.insecure_platform) => {
-                    rt.metrics.error("fl-device-not-allowed");
-                    Message::error(
-                        ErrorCode::Refused,
-                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
-                    )
+                    not_in_task(rt)
                 }
                 Some(fl) => {
                     let update = fl::aggregate::Update { delta, num_samples };
@@ -630,11 +628,7 @@ where
                     if fl.task() == task
                         && !fl.admits(&peer.measurement, peer.insecure_platform) =>
                 {
-                    rt.metrics.error("fl-device-not-allowed");
-                    Message::error(
-                        ErrorCode::Refused,
-                        "this device may not join this federated task (its measurement, or its INSECURE platform, is not allowed by the task's terms)",
-                    )
+                    not_in_task(rt)
                 }
                 Some(fl) if fl.task() == task => {
                     // Returns at once unless `round` is the open round, in
