@@ -162,6 +162,16 @@ impl Budgets {
         w.used += samples;
         Ok(())
     }
+
+    /// Give back `samples` charged to `device` on `model` for a request
+    /// that was never run (the worker pool was full), so a device that
+    /// retries a refused request is not charged twice for one answer.
+    pub fn refund(&self, device: &DeviceKey, model: &str, samples: u32) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = table.windows.get_mut(&(*device, model.to_string())) {
+            w.used = w.used.saturating_sub(samples);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +182,20 @@ mod tests {
         queries: 3,
         window_secs: 60,
     };
+
+    #[test]
+    fn a_refunded_request_is_not_charged() {
+        let b = Budgets::default();
+        let t0 = Instant::now();
+        b.charge(&[1; 32], "m", B, 3, t0).unwrap();
+        b.refund(&[1; 32], "m", 2);
+        b.charge(&[1; 32], "m", B, 2, t0).unwrap();
+        assert!(b.charge(&[1; 32], "m", B, 1, t0).is_err());
+        // Refunds never go below zero or create a window.
+        b.refund(&[1; 32], "m", 100);
+        b.refund(&[9; 32], "m", 1);
+        b.charge(&[1; 32], "m", B, 3, t0).unwrap();
+    }
 
     #[test]
     fn counts_per_device_and_model_and_resets_with_the_window() {

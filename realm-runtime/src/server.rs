@@ -204,6 +204,10 @@ impl Runtime {
         self.metrics.queue_depth.set(self.pool.depth() as i64 + 1);
         let result = self.pool.run(move || job.model.run(input)).await;
         self.metrics.queue_depth.set(self.pool.depth() as i64);
+        if let (Err(PoolError::Busy(_)), Some(_)) = (&result, served.serving.budget) {
+            // Refused before it ran: the device will retry; charge it once.
+            self.budgets.refund(device, model_id, samples);
+        }
         let scores = result?.map_err(|e| match e {
             RunError::Input(e) => RequestError::Input(e.to_string()),
             RunError::Model(m) => RequestError::Run(m),
