@@ -10,6 +10,7 @@
 //! * [`federated`]: local training for a runtime's federated task, after
 //!   [`task_terms`] met this device's floor.
 //! * [`results`]: predictions, accuracy, JSON.
+//! * [`retry`]: which failures are worth another try, and the backoff.
 
 pub mod connect;
 pub mod dataset;
@@ -19,5 +20,6 @@ pub mod on_device;
 pub mod policy_floor;
 pub mod remote;
 pub mod results;
+pub mod retry;
 pub mod store;
 pub mod task_terms;

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use attestation::atls::PolicyAnchor;
@@ -23,6 +24,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use device_agent::connect::{Expected, connect_with, parse_measurements};
 use device_agent::dataset::{self, Dataset, LabelColumn};
 use device_agent::results::Report;
+use device_agent::retry::{Backoff, Retrier};
 use device_agent::store::{Handle, LocalStore};
 use device_agent::{federated, identity, on_device, remote};
 
@@ -42,7 +44,12 @@ Exit status:
   2  the agent could not start
   3  train: a round this device trained for was not aggregated with its update
      (discarded for too few updates by the deadline, or the update refused);
-     the output names each such round";
+     the output names each such round
+  4  infer: the batch stopped part-way (retries spent, or a refusal); the
+     output holds the answered samples, stderr says how many and why";
+
+/// `infer`'s exit status when only part of the batch was answered.
+const EXIT_PARTIAL: u8 = 4;
 
 /// `train`'s exit status when a round it took part in was not aggregated.
 const EXIT_NOT_AGGREGATED: u8 = 3;
@@ -108,6 +115,25 @@ struct Admission {
     /// with `--fresh-evidence`).
     #[arg(long)]
     fresh_evidence: bool,
+    /// Tries after the first when the certifier, runtime or provider is
+    /// unreachable, busy or drops the connection (never after a peer failed
+    /// verification or refused on policy); 0 disables retrying.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    retries: u32,
+    /// Longest pause between tries, in seconds (pauses grow from 0.25 s,
+    /// doubling, with random jitter).
+    #[arg(long, default_value_t = 8.0, value_name = "SECS", value_parser = retry_secs)]
+    retry_max_secs: f64,
+}
+
+/// A pause cap between 0 and one hour.
+fn retry_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be between 0 and 3600 seconds".into())
+    }
 }
 
 impl Admission {
@@ -122,17 +148,37 @@ impl Admission {
         pinned: &[String],
     ) -> Result<device_agent::connect::Conn> {
         let (certifier, anchor) = self.require()?;
-        let identity = identity::device_identity(store, platform, &certifier, &anchor).await?;
         let expected = Expected {
             role,
             measurements: parse_measurements(pinned)?,
             allow_insecure: self.allow_insecure_peers,
         };
         let fresh = self.fresh_evidence.then_some(platform);
-        connect_with(
-            addr, &identity, &anchor, &certifier, &expected, store, fresh,
-        )
-        .await
+        let mut retrier = self.retrier(format!("connecting to the {} at {addr}", expected.role));
+        loop {
+            let attempt = async {
+                let identity =
+                    identity::device_identity(store, platform, &certifier, &anchor).await?;
+                connect_with(
+                    addr, &identity, &anchor, &certifier, &expected, store, fresh,
+                )
+                .await
+            };
+            match attempt.await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => retrier.after(e).await?,
+            }
+        }
+    }
+
+    /// Retries for `what` under `--retries` and `--retry-max-secs`.
+    fn retrier(&self, what: String) -> Retrier {
+        let backoff = Backoff {
+            retries: self.retries,
+            base: Duration::from_millis(250),
+            max: Duration::from_secs_f64(self.retry_max_secs),
+        };
+        Retrier::new(backoff, what)
     }
 
     /// The certifier address and the policy anchor, or what is missing.
@@ -467,38 +513,73 @@ async fn run(command: Command) -> Result<ExitCode> {
                 (None, None, None) => bail!("give --handle, --input or --csv"),
             };
             let bar = progress(data.samples.len());
-            let (outputs, place) = if local {
+            let ((outputs, latencies), place, stopped) = if local {
                 let store = store.as_ref().context("the sealed store is unavailable")?;
                 (
                     on_device::infer(store, &model, &data.samples, &bar)?,
                     "on-device",
+                    None,
                 )
             } else {
                 let runtime = runtime.context("--runtime ADDR is required without --local")?;
-                let mut conn = admission
-                    .connect(
-                        store.as_ref(),
-                        platform.as_ref(),
-                        &runtime,
-                        Role::runtime(),
-                        &runtime_measurements,
-                    )
-                    .await?;
-                (
-                    remote::infer(&mut conn, &model, &data.samples, &bar).await?,
-                    "remote",
-                )
+                let mut batch = remote::Batch::default();
+                let mut retrier =
+                    admission.retrier(format!("inference at the runtime at {runtime}"));
+                let stopped = loop {
+                    let connected = admission
+                        .connect(
+                            store.as_ref(),
+                            platform.as_ref(),
+                            &runtime,
+                            Role::runtime(),
+                            &runtime_measurements,
+                        )
+                        .await;
+                    // The connect retried on its own; what failed there is final.
+                    let mut conn = match connected {
+                        Ok(conn) => conn,
+                        Err(e) => break Some(e),
+                    };
+                    let before = batch.next();
+                    match batch.run(&mut conn, &model, &data.samples, &bar).await {
+                        Ok(()) => break None,
+                        Err(e) => {
+                            if batch.next() > before {
+                                retrier.progressed();
+                            }
+                            if let Err(e) = retrier.after(e).await {
+                                break Some(e);
+                            }
+                            eprintln!(
+                                "resuming the batch at sample {} of {}",
+                                batch.next(),
+                                data.samples.len()
+                            );
+                        }
+                    }
+                };
+                match stopped {
+                    Some(e) if batch.next() == 0 => return Err(e),
+                    stopped => ((batch.outputs, batch.latencies), "remote", stopped),
+                }
             };
             bar.finish_and_clear();
-            let (outputs, latencies) = outputs;
+            let answered = outputs.len();
             Report {
                 model: &model,
                 place,
                 outputs,
-                labels: data.labels.as_deref(),
+                labels: data.labels.as_deref().map(|l| &l[..answered.min(l.len())]),
                 latencies,
             }
             .print(json);
+            if let Some(e) = stopped {
+                eprintln!(
+                    "error: answered {answered} of {} samples (the results above are for those); stopped: {e:#}",
+                    data.samples.len()
+                );
+                return Ok(ExitCode::from(EXIT_PARTIAL));
+            }
         }
         Command::Train {
             realm,

@@ -1,55 +1,92 @@
 //! Remote inference: the samples go, one request at a time, over attested
 //! TLS to a runtime whose role (and, if pinned, measurement) the handshake
 //! has already checked; the outputs come back on the same connection.
+//!
+//! A batch is resumable: [`Batch`] holds the answers so far, and
+//! [`Batch::run`] goes on from the first unanswered sample on whatever
+//! (freshly checked) connection it is given, so a runtime restart costs a
+//! reconnect, not the batch.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use indicatif::ProgressBar;
 use protocol::{InferenceOutput, Message, Tensor};
+use tracing::debug;
 
 use crate::connect::Conn;
+use crate::retry::Refusal;
 
-/// Send every sample to `model` at the runtime; stop at the first refusal.
-pub async fn infer(
-    conn: &mut Conn,
-    model: &str,
-    samples: &[Tensor],
-    progress: &ProgressBar,
-) -> Result<(Vec<InferenceOutput>, Vec<Duration>)> {
-    let mut outputs = Vec::with_capacity(samples.len());
-    let mut latencies = Vec::with_capacity(samples.len());
-    for (i, sample) in samples.iter().enumerate() {
-        let started = Instant::now();
-        let request_id = i as u64;
-        conn.send(&Message::InferenceRequest {
-            request_id,
-            model_id: model.to_string(),
-            input: sample.clone(),
-        })
-        .await?;
-        match conn.recv().await? {
-            Message::InferenceResponse {
-                request_id: r,
-                output,
-            } if r == request_id => {
-                outputs.push(output);
-                latencies.push(started.elapsed());
-            }
-            Message::Error { code, message } => {
-                return Err(anyhow!(
-                    "the runtime refused sample {i} ({code:?}): {message}"
-                ));
-            }
-            other => {
-                return Err(anyhow!(
-                    "the runtime answered sample {i} with {}",
-                    other.kind()
-                ));
-            }
-        }
-        progress.inc(1);
+/// The answers to a batch so far, in sample order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// One output per answered sample (a prefix of the samples).
+    pub outputs: Vec<InferenceOutput>,
+    /// Request-to-response time of each answered sample.
+    pub latencies: Vec<Duration>,
+}
+
+impl Batch {
+    /// The first sample not answered yet.
+    pub fn next(&self) -> usize {
+        self.outputs.len()
     }
-    let _ = conn.shutdown().await;
-    Ok((outputs, latencies))
+
+    /// Send every unanswered sample to `model` over `conn`; stop at the
+    /// first failure (the answers so far are kept).
+    ///
+    /// A sample in flight when the connection broke may have been run (and
+    /// counted against this device's query budget) without its answer
+    /// arriving; resending it costs one more query, never a wrong answer.
+    pub async fn run(
+        &mut self,
+        conn: &mut Conn,
+        model: &str,
+        samples: &[Tensor],
+        progress: &ProgressBar,
+    ) -> Result<()> {
+        for (i, sample) in samples.iter().enumerate().skip(self.next()) {
+            let started = Instant::now();
+            let request_id = i as u64;
+            conn.send(&Message::InferenceRequest {
+                request_id,
+                model_id: model.to_string(),
+                input: sample.clone(),
+            })
+            .await?;
+            match conn.recv().await? {
+                Message::InferenceResponse {
+                    request_id: r,
+                    output,
+                } if r == request_id => {
+                    self.outputs.push(output);
+                    self.latencies.push(started.elapsed());
+                    debug!("sample {i} answered");
+                }
+                Message::Error { code, message } => {
+                    return Err(Refusal {
+                        peer: "runtime",
+                        what: format!("sample {i}"),
+                        code,
+                        message,
+                    }
+                    .into());
+                }
+                Message::FreshNonce { .. } => {
+                    return Err(anyhow!(
+                        "the runtime demands fresh evidence bound to the session (it runs with --fresh-evidence): add --fresh-evidence"
+                    ));
+                }
+                other => {
+                    return Err(anyhow!(
+                        "the runtime answered sample {i} with {}",
+                        other.kind()
+                    ));
+                }
+            }
+            progress.inc(1);
+        }
+        let _ = conn.shutdown().await;
+        Ok(())
+    }
 }

@@ -94,8 +94,8 @@ fn every_party_gives_and_demands_fresh_evidence() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        err.contains("FreshNonce"),
-        "the runtime asked for fresh evidence: {err}"
+        err.contains("the runtime demands fresh evidence") && err.contains("add --fresh-evidence"),
+        "the runtime asked for fresh evidence, and the agent says what to do: {err}"
     );
 
     // With it: the runtime fetched the key from a fresh-evidence provider

@@ -338,14 +338,20 @@ pub fn runtime_command(
     certifier: &Certifier,
     provider_addr: &str,
 ) -> Command {
+    runtime_command_on(runtime_bin, dir, certifier, provider_addr, "127.0.0.1:0")
+}
+
+/// [`runtime_command`] listening on `listen` (to restart a runtime on the
+/// address its clients know).
+pub fn runtime_command_on(
+    runtime_bin: &Path,
+    dir: &TestDir,
+    certifier: &Certifier,
+    provider_addr: &str,
+    listen: &str,
+) -> Command {
     let mut r = Command::new(runtime_bin);
-    r.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    r.args(["serve", "--listen", listen, "--metrics", "127.0.0.1:0"]);
     r.args(["--certifier", &certifier.addr, "--provider", provider_addr]);
     r.arg("--policy-cert").arg(&certifier.policy_cert);
     r.args([
