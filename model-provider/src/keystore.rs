@@ -364,7 +364,9 @@ impl Keystore {
     }
 
     /// Retire every current entry of `model_id` (after a rotation).
+    /// Memory follows the disk: if the save fails, nothing is retired.
     pub fn retire(&mut self, model_id: &str, keep_bundle: &str) -> Result<()> {
+        let before = self.entries.clone();
         for e in self
             .entries
             .iter_mut()
@@ -372,7 +374,7 @@ impl Keystore {
         {
             e.retired = true;
         }
-        self.save()
+        self.save().inspect_err(|_| self.entries = before)
     }
 
     /// The data key of an entry.
